@@ -1,0 +1,36 @@
+# The two commands of the README: `make demo` and `make test`. Both install what is
+# missing (Debian packages, the venv, the project) and are safe to run again.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint unit system venv services
+
+demo: $(STAMP)
+	$(VENV)/bin/shelf demo
+
+test: $(STAMP) services lint
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest -q tests/unit
+
+system:
+	@if [ "$$(id -u)" = 0 ]; then scripts/install-system.sh; \
+	else echo "not root: skipping Debian packages"; fi
+
+services: system
+	@if [ "$$(id -u)" = 0 ]; then scripts/start-services.sh; fi
+
+$(STAMP): pyproject.toml | system
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)

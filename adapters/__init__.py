@@ -1,0 +1,1 @@
+"""Adapters: the outside world (libvirt, image and volume directories) behind domain.ports."""

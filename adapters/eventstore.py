@@ -1,0 +1,119 @@
+"""The event store: eventsourcing's Application on SQLite (default) or PostgreSQL.
+
+`open_store(url)` turns a store URL into an eventsourcing environment. The repository
+wrapper translates the library's errors into the domain's (KeyError for "never
+recorded", RecordConflict for "another writer took that version").
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import parse_qs, unquote, urlparse
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import IntegrityError
+
+from domain.errors import UsageError
+from domain.host import Host
+from domain.registry import AddressPool
+from domain.service import RecordConflict
+
+DEFAULT_STORE = "sqlite:///./shelf.db"
+
+
+@dataclass(frozen=True)
+class StoreURL:
+    """A parsed store URL: which backend, and how to reach it."""
+
+    url: str
+    backend: str  # "sqlite" | "postgres"
+    sqlite_path: Path | None = None
+    pg_dbname: str = ""
+    pg_host: str = "127.0.0.1"
+    pg_port: int = 5432
+    pg_user: str = ""
+    pg_password: str = ""
+    pg_schema: str = ""
+
+    @property
+    def redacted(self) -> str:
+        return self.url.replace(f":{self.pg_password}@", ":***@") if self.pg_password else self.url
+
+    def psycopg_conninfo(self) -> str:
+        parts = {"dbname": self.pg_dbname, "host": self.pg_host, "port": str(self.pg_port),
+                 "user": self.pg_user, "password": self.pg_password}
+        return " ".join(f"{key}={value}" for key, value in parts.items() if value)
+
+
+def parse_store_url(url: str) -> StoreURL:
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        # sqlite:///./shelf.db -> ./shelf.db ; sqlite:////abs/shelf.db -> /abs/shelf.db
+        raw = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
+        if not raw:
+            raise UsageError(f"bad store URL {url!r}: expected sqlite:///PATH")
+        return StoreURL(url=url, backend="sqlite", sqlite_path=Path(raw))
+    if parsed.scheme in ("postgresql", "postgres"):
+        dbname = parsed.path.lstrip("/")
+        if not dbname:
+            raise UsageError(f"bad store URL {url!r}: expected postgresql://HOST[:PORT]/DBNAME")
+        schema = parse_qs(parsed.query).get("schema", [""])[0]
+        return StoreURL(
+            url=url, backend="postgres", pg_dbname=dbname,
+            pg_host=parsed.hostname or "127.0.0.1", pg_port=parsed.port or 5432,
+            pg_user=unquote(parsed.username or "postgres"),
+            pg_password=unquote(parsed.password or ""), pg_schema=schema,
+        )
+    raise UsageError(f"bad store URL {url!r}: use sqlite:///PATH or postgresql://HOST/DB")
+
+
+def environment_for(store: StoreURL) -> dict[str, str]:
+    if store.backend == "sqlite":
+        assert store.sqlite_path is not None
+        return {"PERSISTENCE_MODULE": "eventsourcing.sqlite",
+                "SQLITE_DBNAME": str(store.sqlite_path), "SQLITE_LOCK_TIMEOUT": "30"}
+    env = {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_DBNAME": store.pg_dbname,
+        "POSTGRES_HOST": store.pg_host, "POSTGRES_PORT": str(store.pg_port),
+        "POSTGRES_USER": store.pg_user, "POSTGRES_PASSWORD": store.pg_password,
+        "POSTGRES_POOL_SIZE": "4", "POSTGRES_MAX_OVERFLOW": "4",
+        "POSTGRES_CONNECT_TIMEOUT": "10", "POSTGRES_PRE_PING": "y",
+    }
+    if store.pg_schema:
+        env["POSTGRES_SCHEMA"] = store.pg_schema
+    return env
+
+
+class ShelfApplication(Application):
+    """The event store of every aggregate. Hot aggregates are snapshotted."""
+
+    name = "shelf"
+    snapshotting_intervals: ClassVar[dict[type[Any], int]] = {Host: 50, AddressPool: 50}
+
+
+class EventStoreRepository:
+    """The domain's Repository port over the eventsourcing Application."""
+
+    def __init__(self, app: ShelfApplication) -> None:
+        self.app = app
+
+    def get(self, aggregate_id: uuid.UUID) -> Any:
+        try:
+            return self.app.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            raise KeyError(aggregate_id) from None
+
+    def save(self, *aggregates: Any) -> None:
+        try:
+            self.app.save(*aggregates)
+        except IntegrityError as error:
+            raise RecordConflict(str(error)) from None
+
+
+def open_application(store: StoreURL) -> ShelfApplication:
+    if store.backend == "sqlite" and store.sqlite_path is not None:
+        store.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+    return ShelfApplication(env=environment_for(store))

@@ -1,0 +1,52 @@
+"""Failpoints (the fail-rs / gofail convention), read from SHELF_FAILPOINTS.
+
+SHELF_FAILPOINTS="before:Snapshot=crash,after:Spawn=error". `crash` ends the process at
+once with status 137, as if killed -9, flushing nothing; `error` raises as if the
+hypervisor had failed. With none set, a check costs one dict lookup.
+"""
+
+from __future__ import annotations
+
+import os
+
+import structlog
+
+from domain.errors import UsageError
+from domain.plans import HYPERVISOR_STEPS
+from domain.ports import HypervisorError
+
+ACTIONS = ("crash", "error")
+KILLED_STATUS = 137
+
+
+def parse_failpoints(spec: str) -> dict[str, str]:
+    points: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, _, action = item.partition("=")
+        when, _, step = name.partition(":")
+        if when not in ("before", "after") or step not in HYPERVISOR_STEPS:
+            raise UsageError(
+                f"bad failpoint {name!r}: use before:STEP or after:STEP with STEP one of "
+                + ", ".join(HYPERVISOR_STEPS)
+            )
+        if action not in ACTIONS:
+            raise UsageError(f"bad failpoint action {action!r} for {name}: use crash or error")
+        points[name] = action
+    return points
+
+
+class EnvFailpoints:
+    def __init__(self, spec: str | None = None) -> None:
+        self.points = parse_failpoints(
+            spec if spec is not None else os.environ.get("SHELF_FAILPOINTS", "")
+        )
+
+    def hit(self, name: str) -> None:
+        action = self.points.get(name)
+        if action is None:
+            return
+        structlog.get_logger("shelf.failpoints").warning("failpoint.hit", failpoint=name,
+                                                        action=action)
+        if action == "crash":
+            os._exit(KILLED_STATUS)
+        raise HypervisorError(f"failpoint {name} injected an error")

@@ -1,0 +1,1 @@
+"""The `shelf` command line: the entrypoint and the composition root."""

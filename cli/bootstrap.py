@@ -1,0 +1,106 @@
+"""The composition root: the one place that wires adapters to the domain."""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+
+from adapters.eventstore import (
+    DEFAULT_STORE,
+    EventStoreRepository,
+    ShelfApplication,
+    StoreURL,
+    open_application,
+    parse_store_url,
+)
+from adapters.images import DirectoryImageStore
+from adapters.libvirt_host import LibvirtHosts
+from adapters.volumes import DirectoryVolumeStore
+from domain.errors import NotFound
+from domain.ports import HostDrivers
+from domain.process_manager import Failpoints, ProcessManager, Settings
+from domain.service import LifecycleService, resolve_host
+from projections.db import Database
+from projections.runner import StateProjector
+
+
+def default_data_dir() -> Path:
+    """Images, volumes and local disks: $SHELF_DATA_DIR, else a per-user or system place."""
+    configured = os.environ.get("SHELF_DATA_DIR")
+    if configured:
+        return Path(configured)
+    if os.geteuid() == 0:
+        return Path("/var/lib/shelf")
+    return Path.home() / ".local" / "share" / "shelf"
+
+
+class Context:
+    """Everything one CLI invocation (or `serve`) needs, built on first use."""
+
+    def __init__(
+        self, store_url: str | None = None, user: str | None = None,
+        data_dir: Path | None = None, hosts: HostDrivers | None = None,
+    ) -> None:
+        self.store: StoreURL = parse_store_url(
+            store_url or os.environ.get("SHELF_STORE") or DEFAULT_STORE
+        )
+        self.user = user or os.environ.get("SHELF_USER") or os.environ.get("USER") or "admin"
+        self.data_dir = (data_dir or default_data_dir()).absolute()
+        self._hosts = hosts
+
+    @cached_property
+    def app(self) -> ShelfApplication:
+        return open_application(self.store)
+
+    @cached_property
+    def repo(self) -> EventStoreRepository:
+        return EventStoreRepository(self.app)
+
+    @cached_property
+    def service(self) -> LifecycleService:
+        return LifecycleService(self.repo)
+
+    @cached_property
+    def db(self) -> Database:
+        return Database(self.store)
+
+    @cached_property
+    def projector(self) -> StateProjector:
+        return StateProjector(self.app, self.db)
+
+    @cached_property
+    def images(self) -> DirectoryImageStore:
+        return DirectoryImageStore(self.data_dir / "images")
+
+    @cached_property
+    def volumes(self) -> DirectoryVolumeStore:
+        return DirectoryVolumeStore(self.data_dir / "volumes")
+
+    @property
+    def hosts(self) -> HostDrivers:
+        if self._hosts is None:
+            self._hosts = LibvirtHosts(self.host_uri, self.data_dir)
+        return self._hosts
+
+    def host_uri(self, name: str) -> str:
+        """Looked up on every new connection: hosts added while `serve` runs are found."""
+        try:
+            return resolve_host(self.repo, name).uri
+        except NotFound:
+            raise KeyError(name) from None
+
+    def process_manager(
+        self, settings: Settings, failpoints: Failpoints | None = None
+    ) -> ProcessManager:
+        return ProcessManager(
+            self.repo, self.hosts, self.images, self.volumes, settings, failpoints
+        )
+
+    def close(self) -> None:
+        if self._hosts is not None and hasattr(self._hosts, "close"):
+            self._hosts.close()
+        if "db" in self.__dict__:
+            self.db.close()
+        if "app" in self.__dict__:
+            self.app.close()

@@ -1,0 +1,161 @@
+"""`shelf`: the entrypoint. Parse, call, print; every error is one line and an exit code.
+
+Exit codes: 0 ok, 1 operation failed, 2 usage error, 3 no such instance/host,
+4 conflict (refused in this state, or lost a race), 5 timed out waiting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from adapters.logs import configure_logging
+from cli import commands
+from cli.bootstrap import Context
+from domain.errors import ShelfError
+
+Command = Callable[[Context, argparse.Namespace], int]
+INSTANCE_ACTIONS = {
+    "shelve": "shelve", "shelve-offload": "shelveOffload", "start": "start", "stop": "stop",
+    "pause": "pause", "unpause": "unpause", "suspend": "suspend", "resume": "resume",
+    "delete": "delete", "unshelve": "unshelve",
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"shelf: usage error: {message} (see `{self.prog} --help`)\n")
+
+
+def _wait_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--wait", action="store_true", help="block until the task is done")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds to wait (300)")
+
+
+def _json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _add_host_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
+    host = sub.add_parser("host", help="hypervisor hosts").add_subparsers(
+        dest="host_command", required=True
+    )
+    add = host.add_parser("add", help="register a libvirt host")
+    add.add_argument("name")
+    add.add_argument("--uri", required=True, help="libvirt URI, e.g. qemu:///system")
+    for option in ("--vcpus", "--memory-mb", "--disk-gb"):
+        add.add_argument(option, type=int, help="capacity (default: what libvirt reports)")
+    add.set_defaults(func=commands.host_add)
+    listing = host.add_parser("list", help="hosts with their capacity and usage")
+    _json_option(listing)
+    listing.set_defaults(func=commands.host_list)
+
+
+def _add_instance_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
+    boot = sub.add_parser("boot", help="create an instance")
+    boot.add_argument("name")
+    boot.add_argument("--host", required=True)
+    for option in ("--vcpus", "--memory-mb", "--disk-gb"):
+        boot.add_argument(option, type=int, required=True)
+    boot.add_argument("--image", help="image name or id (default: a blank root disk)")
+    boot.add_argument("--volume-backed", action="store_true",
+                      help="root disk on a persistent volume")
+    _wait_options(boot)
+    boot.set_defaults(func=commands.boot)
+    for command, action in INSTANCE_ACTIONS.items():
+        parser = sub.add_parser(command, help=f"request {action}")
+        parser.add_argument("instance", help="instance id or name")
+        if command == "unshelve":
+            parser.add_argument("--host", help="unshelve onto this host (offloaded only)")
+        _wait_options(parser)
+        parser.set_defaults(func=commands.instance_request, action=action)
+    for command, func in (("list", commands.list_instances),):
+        parser = sub.add_parser(command, help="instances")
+        _json_option(parser)
+        parser.set_defaults(func=func)
+    for command, func in (("show", commands.show), ("actions", commands.actions),
+                          ("history", commands.history)):
+        parser = sub.add_parser(command, help=f"{command} of an instance")
+        parser.add_argument("instance", help="instance id or name")
+        _json_option(parser)
+        parser.set_defaults(func=func)
+
+
+def _add_image_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
+    image = sub.add_parser("image", help="the image store").add_subparsers(
+        dest="image_command", required=True
+    )
+    imp = image.add_parser("import", help="put a qcow2/raw file into the image store")
+    imp.add_argument("name")
+    imp.add_argument("file")
+    imp.set_defaults(func=commands.image_import)
+    listing = image.add_parser("list", help="images (shelved ones are <name>-shelved)")
+    _json_option(listing)
+    listing.set_defaults(func=commands.image_list)
+
+
+def _add_service_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
+    serve = sub.add_parser("serve", help="carry out recorded requests (the worker)")
+    serve.add_argument("--once", action="store_true",
+                       help="finish everything in flight, then exit")
+    serve.add_argument("--shelved-offload-time", type=float, default=0,
+                       help="-1 never offload, 0 at once (default), N seconds after shelving")
+    serve.add_argument("--shutdown-timeout", type=float, default=60,
+                       help="seconds to wait for a clean shutdown before destroying (60)")
+    serve.add_argument("--shutdown-retry-interval", type=float, default=10,
+                       help="seconds between clean-shutdown requests (10)")
+    serve.add_argument("--threads", type=int, default=4,
+                       help="instances driven at once (4)")
+    serve.set_defaults(func=commands.serve)
+    demo = sub.add_parser("demo", help="the whole story on a temporary store, in one process")
+    demo.set_defaults(func=_demo)
+
+
+def _demo(ctx: Context, args: argparse.Namespace) -> int:
+    from cli.demo import run_demo  # only the demo needs it
+
+    return run_demo()
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(prog="shelf", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store", help="store URL (default $SHELF_STORE, else "
+                        "sqlite:///./shelf.db; postgresql://HOST[:PORT]/DB for PostgreSQL)")
+    parser.add_argument("--user", help="who is asking (default $SHELF_USER, else $USER)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    _add_host_commands(sub)
+    _add_instance_commands(sub)
+    _add_image_commands(sub)
+    _add_service_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(os.environ.get("SHELF_LOG_LEVEL")
+                      or ("info" if args.command in ("serve",) else "warning"))
+    ctx = Context(args.store, args.user)
+    try:
+        func: Command = args.func
+        return func(ctx, args)
+    except ShelfError as error:
+        return _fail(error.exit_code, str(error))
+    except Exception as error:  # never a traceback unless asked for
+        if os.environ.get("SHELF_DEBUG") == "1":
+            raise
+        return _fail(1, f"{type(error).__name__}: {error}")
+    finally:
+        ctx.close()
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"shelf: {message}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""`shelf serve`: follow the event log and let the process manager carry out requests.
+
+On start it catches the read models up and drives every instance whose task is in
+flight: an operation half-finished by a crash continues from its last recorded step.
+Then it follows the notification log, drives each instance an event touched, and checks
+the shelved-offload timer. Several instances are driven at once; one instance is only
+ever driven by one thread of this process at a time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import structlog
+
+from cli.bootstrap import Context
+from domain.process_manager import Failpoints, ProcessManager, Settings
+
+INSTANCE_TOPIC = "domain.instance:Instance."
+POLL_SECONDS = 0.2
+TIMER_SECONDS = 1.0
+NOTIFICATION_BATCH = 1000
+
+
+class Worker:
+    def __init__(
+        self, ctx: Context, settings: Settings, failpoints: Failpoints | None = None,
+        threads: int = 4,
+    ) -> None:
+        self.ctx = ctx
+        self.settings = settings
+        self.pm: ProcessManager = ctx.process_manager(settings, failpoints)
+        self.log = structlog.get_logger("shelf.serve")
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="drive")
+        self.running: dict[uuid.UUID, Future[None]] = {}
+        self.again: set[uuid.UUID] = set()  # touched again while being driven
+        self.lock = threading.Lock()
+        self.position = 0
+        self.last_timer_check = 0.0
+
+    # ---- start-up: resume what a crash left half-done ---------------------------------
+
+    def start(self) -> None:
+        self.ctx.projector.catch_up()
+        self.position = self.ctx.projector.position()
+        in_flight = self.ctx.db.query("SELECT id FROM instances WHERE task_state IS NOT NULL")
+        if in_flight:
+            self.log.info("serve.resuming", instances=len(in_flight))
+        self.submit(uuid.UUID(row["id"]) for row in in_flight)
+        self.check_offload_timer(force=True)
+
+    # ---- one pass ---------------------------------------------------------------------
+
+    def poll(self) -> int:
+        """Drive the instances that new events touched; return how many events were read."""
+        notifications = self.ctx.app.recorder.select_notifications(
+            self.position, NOTIFICATION_BATCH, inclusive_of_start=False
+        )
+        if notifications:
+            self.position = notifications[-1].id
+            self.submit(
+                n.originator_id for n in notifications if n.topic.startswith(INSTANCE_TOPIC)
+            )
+        self.check_offload_timer()
+        return len(notifications)
+
+    def check_offload_timer(self, force: bool = False) -> None:
+        """The deadline is derived from `shelved_at` in the store, so it survives restarts."""
+        if self.settings.shelved_offload_time < 0:
+            return
+        now = time.monotonic()
+        if not force and now - self.last_timer_check < TIMER_SECONDS:
+            return
+        self.last_timer_check = now
+        rows = self.ctx.db.query(
+            "SELECT id FROM instances WHERE vm_state = 'shelved' AND task_state IS NULL"
+        )
+        self.submit(uuid.UUID(row["id"]) for row in rows)
+
+    def submit(self, instance_ids: Iterable[uuid.UUID]) -> None:
+        with self.lock:
+            for instance_id in dict.fromkeys(instance_ids):
+                if instance_id in self.running:
+                    self.again.add(instance_id)
+                    continue
+                self.running[instance_id] = self.pool.submit(self._drive, instance_id)
+
+    def _drive(self, instance_id: uuid.UUID) -> None:
+        while True:
+            try:
+                self.pm.drive(instance_id)
+            except Exception:  # one instance's bug must not stop the others
+                self.log.exception("drive.crashed", instance_id=str(instance_id))
+            with self.lock:
+                if instance_id not in self.again:
+                    del self.running[instance_id]
+                    return
+                self.again.discard(instance_id)
+
+    def busy(self) -> bool:
+        with self.lock:
+            return bool(self.running)
+
+    # ---- loops ------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, once: bool = False) -> None:
+        self.start()
+        while not stop.is_set():
+            read = self.poll()
+            self.ctx.projector.catch_up()
+            if once and not read and not self.busy():
+                break
+            if not read:
+                stop.wait(POLL_SECONDS)
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.ctx.projector.catch_up()

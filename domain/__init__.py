@@ -1,0 +1,1 @@
+"""The pure core of shelf: aggregates, lifecycle rules, process-manager decisions, ports."""

@@ -1,0 +1,113 @@
+"""The Host aggregate: a hypervisor's capacity and the claims held against it.
+
+Claims go through this aggregate so that optimistic concurrency on its version makes
+over-commit impossible: two workers claiming the last room both read version N, only one
+can record version N+1.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from eventsourcing.domain import Aggregate, event
+
+from domain.errors import NoRoom
+
+HOST_NAMESPACE = uuid.UUID("0b8e4c3e-3a0f-4c1e-9b3e-6a3e2f1d7c42")
+
+
+def host_id_for(name: str) -> uuid.UUID:
+    """One aggregate per host name: adding a name twice collides in the store."""
+    return uuid.uuid5(HOST_NAMESPACE, name)
+
+
+class Host(Aggregate):
+    @staticmethod
+    def create_id(name: str, **_: Any) -> uuid.UUID:
+        return host_id_for(name)
+
+    @event("HostAdded")
+    def __init__(
+        self, name: str, uri: str, vcpus: int, memory_mb: int, disk_gb: int,
+        user: str, request_id: str,
+    ) -> None:
+        self.name, self.uri = name, uri
+        self.vcpus, self.memory_mb, self.disk_gb = vcpus, memory_mb, disk_gb
+        self.claims: dict[str, dict[str, int]] = {}
+
+    def used(self) -> dict[str, int]:
+        return {
+            key: sum(claim[key] for claim in self.claims.values())
+            for key in ("vcpus", "memory_mb", "disk_gb")
+        }
+
+    def free(self) -> dict[str, int]:
+        used = self.used()
+        return {
+            "vcpus": self.vcpus - used["vcpus"],
+            "memory_mb": self.memory_mb - used["memory_mb"],
+            "disk_gb": self.disk_gb - used["disk_gb"],
+        }
+
+    def fits(self, vcpus: int, memory_mb: int, disk_gb: int) -> bool:
+        free = self.free()
+        return vcpus <= free["vcpus"] and memory_mb <= free["memory_mb"] and (
+            disk_gb <= free["disk_gb"]
+        )
+
+    def claim(
+        self, instance_id: str, vcpus: int, memory_mb: int, disk_gb: int,
+        user: str, request_id: str,
+    ) -> None:
+        """Hold resources for an instance; a second claim by the same instance is a no-op."""
+        if instance_id in self.claims:
+            return
+        if not self.fits(vcpus, memory_mb, disk_gb):
+            free = self.free()
+            raise NoRoom(
+                f"host {self.name} has no room for {vcpus} vcpus, {memory_mb} MB, {disk_gb} GB "
+                f"(free: {free['vcpus']} vcpus, {free['memory_mb']} MB, {free['disk_gb']} GB)"
+            )
+        self._claimed(
+            instance_id=instance_id, vcpus=vcpus, memory_mb=memory_mb, disk_gb=disk_gb,
+            user=user, request_id=request_id,
+        )
+
+    @event("Claimed")
+    def _claimed(
+        self, instance_id: str, vcpus: int, memory_mb: int, disk_gb: int,
+        user: str, request_id: str,
+    ) -> None:
+        self.claims[instance_id] = {"vcpus": vcpus, "memory_mb": memory_mb, "disk_gb": disk_gb}
+
+    def release(self, instance_id: str, user: str, request_id: str) -> None:
+        if instance_id in self.claims:
+            self._released(instance_id=instance_id, user=user, request_id=request_id)
+
+    @event("Released")
+    def _released(self, instance_id: str, user: str, request_id: str) -> None:
+        del self.claims[instance_id]
+
+
+CATALOG_ID = uuid.UUID("9a4f6c1d-2b3e-4f5a-8c7d-0e1f2a3b4c5d")
+
+
+class HostCatalog(Aggregate):
+    """The names of every host, so the scheduler can list them from the event store."""
+
+    @staticmethod
+    def create_id(**_: Any) -> uuid.UUID:
+        return CATALOG_ID
+
+    @event("HostCatalogCreated")
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def register(self, name: str) -> None:
+        if name not in self.names:
+            self._registered(name=name)
+
+    @event("HostRegistered")
+    def _registered(self, name: str) -> None:
+        self.names.append(name)

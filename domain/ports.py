@@ -1,0 +1,136 @@
+"""The ports the process manager needs from the outside world (implemented in adapters/)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+# Power states as lifecycle.md names them.
+RUNNING = "running"
+PAUSED = "paused"
+SHUTDOWN = "shutdown"
+SUSPENDED = "suspended"
+NOSTATE = "nostate"
+
+
+class HypervisorError(Exception):
+    """A hypervisor-side step failed; the message is what the operator sees."""
+
+
+class ImageNotFound(HypervisorError):
+    """The image a step needs is not in the image store."""
+
+
+@dataclass(frozen=True)
+class Capacity:
+    vcpus: int
+    memory_mb: int
+    disk_gb: int
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """What a host needs to define an instance's domain."""
+
+    instance_id: str
+    name: str
+    vcpus: int
+    memory_mb: int
+    disk_gb: int
+    mac: str
+    ip: str
+    volume_path: str | None = None  # set for a volume-backed instance: the root disk
+
+
+class HostDriver(Protocol):
+    """One hypervisor host. Every method is idempotent: it checks the real state first."""
+
+    name: str
+    uri: str
+
+    def capacity(self) -> Capacity: ...
+
+    def power_state(self, instance_id: str) -> str | None:
+        """The domain's power state, or None when no domain is defined."""
+
+    def has_disk(self, instance_id: str) -> bool: ...
+
+    def create_disk(self, spec: DomainSpec, image_path: Path | None) -> None:
+        """Create the local root disk, blank or a full copy of image_path (qcow2 or raw)."""
+
+    def delete_disk(self, instance_id: str) -> None: ...
+
+    def export_disk(self, instance_id: str, dest: Path) -> int:
+        """Copy the powered-off root disk (local disk) to dest as qcow2; return its size in bytes."""
+
+    def create_volume(self, path: Path, size_gb: int, image_path: Path | None) -> None:
+        """Create a persistent volume file at path (shared storage), blank or from an image."""
+
+    def define_and_start(self, spec: DomainSpec) -> None: ...
+
+    def power_on(self, instance_id: str) -> None: ...
+
+    def power_off(self, instance_id: str, clean_timeout: float, retry_interval: float) -> None:
+        """Ask for an ACPI shutdown, re-ask every retry_interval, destroy after clean_timeout.
+        clean_timeout 0 destroys at once."""
+
+    def pause(self, instance_id: str) -> None: ...
+
+    def unpause(self, instance_id: str) -> None: ...
+
+    def suspend(self, instance_id: str) -> None: ...
+
+    def resume(self, instance_id: str) -> None: ...
+
+    def undefine(self, instance_id: str) -> None: ...
+
+    def add_dhcp_host(self, mac: str, ip: str, name: str) -> None: ...
+
+    def remove_dhcp_host(self, mac: str) -> None: ...
+
+    def dhcp_hosts(self) -> dict[str, str]:
+        """mac -> ip of every DHCP host entry in the shelf network."""
+
+    def domains(self) -> list[str]:
+        """Instance ids of every shelf domain defined on the host."""
+
+    def disks(self) -> list[str]:
+        """Instance ids of every local root disk on the host."""
+
+    def close(self) -> None: ...
+
+
+class HostDrivers(Protocol):
+    """Finds the driver of a host by name; hosts added later are found without a restart."""
+
+    def driver(self, host: str) -> HostDriver: ...
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    id: str
+    name: str
+    format: str
+    size: int
+    virtual_size: int
+    created_at: str
+    instance_id: str | None
+
+
+class ImageStore(Protocol):
+    """Where images live, shared by every host."""
+
+    def path_for(self, image_id: str) -> Path:
+        """The file a step writes an image to before committing it."""
+
+    def commit(self, image_id: str, name: str, instance_id: str | None) -> ImageInfo:
+        """Mark a fully written file as a usable image (idempotent)."""
+
+    def get(self, image_id: str) -> ImageInfo | None:
+        """A committed image, or None (a partial file is not an image)."""
+
+    def delete(self, image_id: str) -> None:
+        """Remove the image and any partial file; no error when absent."""
+
+    def list(self) -> list[ImageInfo]: ...

@@ -1,0 +1,372 @@
+"""The process manager: for an instance with a plan in flight, perform the next step.
+
+A step is: read the aggregate, ask the hypervisor for its real state, act only if still
+needed (every HostDriver method is idempotent), record the result as the next event.
+A crash between the act and the record is repaired by doing the step again. Optimistic
+concurrency on the aggregate means two workers can never both record one step.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+from domain import plans
+from domain import states as s
+from domain.errors import NoRoom
+from domain.host import Host, host_id_for
+from domain.instance import Instance
+from domain.ports import DomainSpec, HostDrivers, HypervisorError, ImageNotFound, ImageStore
+from domain.registry import POOL_ID, AddressPool, NameIndex, name_index_id
+from domain.service import RecordConflict, Repository, all_hosts, find
+
+MAX_STEPS_PER_DRIVE = 64
+CLAIM_ATTEMPTS = 10
+SERVICE_USER = "shelf"
+
+
+@dataclass(frozen=True)
+class Settings:
+    shelved_offload_time: float = 0  # -1 never, 0 at once, N seconds after shelving
+    shutdown_timeout: float = 60
+    shutdown_retry_interval: float = 10
+
+
+class VolumeStore(Protocol):
+    def path_for(self, instance_id: str) -> Path: ...
+
+    def exists(self, instance_id: str) -> bool: ...
+
+    def delete(self, instance_id: str) -> None: ...
+
+
+class Failpoints(Protocol):
+    def hit(self, name: str) -> None:
+        """Crash or raise if a failpoint of that name is set; otherwise nothing."""
+
+
+class NoFailpoints:
+    def hit(self, name: str) -> None:
+        return None
+
+
+class ProcessManager:
+    def __init__(
+        self, repo: Repository, hosts: HostDrivers, images: ImageStore, volumes: VolumeStore,
+        settings: Settings | None = None, failpoints: Failpoints | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.repo, self.hosts, self.images, self.volumes = repo, hosts, images, volumes
+        self.settings = settings or Settings()
+        self.failpoints = failpoints or NoFailpoints()
+        self.clock = clock
+        self.log = structlog.get_logger("shelf.process_manager")
+        self.steps: dict[str, Callable[[Instance], None]] = {
+            plans.POWER_OFF: self.power_off, plans.POWER_ON: self.power_on,
+            plans.PAUSE: self.pause, plans.UNPAUSE: self.unpause,
+            plans.SUSPEND: self.suspend, plans.RESUME: self.resume,
+            plans.SNAPSHOT: self.snapshot, plans.CLEAN_NETWORK: self.clean_network,
+            plans.DESTROY: self.destroy, plans.RELEASE_CLAIM: self.release_claim,
+            plans.CLAIM: self.claim, plans.SETUP_NETWORK: self.setup_network,
+            plans.SPAWN: self.spawn, plans.DELETE_IMAGE: self.delete_image,
+            plans.DELETE_VOLUME: self.delete_volume, plans.FINISH: self.finish,
+        }
+
+    # ---- driving ----------------------------------------------------------------------
+
+    def drive(self, instance_id: uuid.UUID) -> None:
+        """Perform steps until the instance is idle (or another worker holds it)."""
+        for _ in range(MAX_STEPS_PER_DRIVE):
+            instance = find(self.repo, instance_id, Instance)
+            if instance is None:
+                return
+            step = instance.next_step()
+            if step is None:
+                if not self.offload_if_due(instance):
+                    return
+                continue
+            try:
+                self.perform(instance, step)
+            except RecordConflict:
+                self.log.info("step.lost_race", instance_id=str(instance_id), step=step)
+
+    def perform(self, instance: Instance, step: str) -> None:
+        log = self.log.bind(
+            instance_id=str(instance.id), request_id=instance.request_id, step=step,
+            plan=instance.plan,
+        )
+        log.debug("step.start")
+        if step == plans.FINISH:
+            self.finish(instance)
+            log.info("action.finished", vm_state=instance.vm_state)
+            return
+        try:
+            self.failpoints.hit(f"before:{step}")
+            self.steps[step](instance)
+        except (HypervisorError, NoRoom) as error:
+            log.warning("step.failed", error=str(error))
+            self.record_failure(instance, step, error)
+            return
+        log.info("step.done")
+
+    def record_failure(self, instance: Instance, step: str, error: Exception) -> None:
+        rollback, vm_state = plans.rollback_for(
+            instance.plan or "abort", step, instance.vm_state, isinstance(error, ImageNotFound)
+        )
+        instance.record_step_failed(
+            user=instance.user or SERVICE_USER, request_id=instance.request_id or "",
+            step=step, error=str(error), host=instance.host or instance.claim_host,
+            rollback_plan=rollback, final_vm_state=vm_state,
+        )
+        self.repo.save(instance)
+
+    def offload_if_due(self, instance: Instance) -> bool:
+        """shelved_offload_time: offload a shelved instance once its time has come."""
+        wait = self.settings.shelved_offload_time
+        if instance.vm_state != s.SHELVED or not instance.is_idle or wait < 0:
+            return False
+        shelved_at = instance.shelved_at
+        if shelved_at is None or (self.clock() - shelved_at).total_seconds() < wait:
+            return False
+        if wait == 0:  # part of the shelve itself, as in Nova: same request, same action
+            user, request_id, action = instance.user, instance.request_id, "shelve"
+        else:
+            user, request_id, action = SERVICE_USER, f"req-{uuid.uuid4()}", "shelveOffload"
+        instance.request_shelve_offload(user or SERVICE_USER, request_id or "", action)
+        self.repo.save(instance)
+        return True
+
+    # ---- recording helpers ------------------------------------------------------------
+
+    def _record(self, instance: Instance, method: Callable[..., None], **fields: Any) -> None:
+        """The `after:` failpoint fires between the side effect and its record."""
+        self.failpoints.hit(f"after:{plans.next_step(instance)}")
+        method(user=instance.user or SERVICE_USER, request_id=instance.request_id or "",
+               **fields)
+        self.repo.save(instance)
+
+    def _spec(self, instance: Instance) -> DomainSpec:
+        return DomainSpec(
+            instance_id=str(instance.id), name=instance.name, vcpus=instance.vcpus,
+            memory_mb=instance.memory_mb, disk_gb=instance.disk_gb, mac=instance.mac,
+            ip=instance.ip,
+            volume_path=(
+                str(self.volumes.path_for(str(instance.id))) if instance.volume_backed else None
+            ),
+        )
+
+    # ---- power steps ------------------------------------------------------------------
+
+    def power_off(self, instance: Instance) -> None:
+        host = instance.host
+        if host is not None:
+            forced = (
+                instance.plan in plans.FORCED_POWER_OFF_PLANS
+                or instance.power_state == s.POWER_PAUSED
+            )
+            timeout = 0.0 if forced else self.settings.shutdown_timeout
+            self.hosts.driver(host).power_off(
+                str(instance.id), timeout, self.settings.shutdown_retry_interval
+            )
+        self._record(instance, instance.record_powered_off, host=host)
+
+    def power_on(self, instance: Instance) -> None:
+        self.hosts.driver(self._on_host(instance)).power_on(str(instance.id))
+        self._record(instance, instance.record_powered_on, host=instance.host)
+
+    def pause(self, instance: Instance) -> None:
+        self.hosts.driver(self._on_host(instance)).pause(str(instance.id))
+        self._record(instance, instance.record_paused, host=instance.host)
+
+    def unpause(self, instance: Instance) -> None:
+        self.hosts.driver(self._on_host(instance)).unpause(str(instance.id))
+        self._record(instance, instance.record_unpaused, host=instance.host)
+
+    def suspend(self, instance: Instance) -> None:
+        self.hosts.driver(self._on_host(instance)).suspend(str(instance.id))
+        self._record(instance, instance.record_suspended, host=instance.host)
+
+    def resume(self, instance: Instance) -> None:
+        self.hosts.driver(self._on_host(instance)).resume(str(instance.id))
+        self._record(instance, instance.record_resumed, host=instance.host)
+
+    @staticmethod
+    def _on_host(instance: Instance) -> str:
+        if instance.host is None:
+            raise HypervisorError(f"instance {instance.id} has no domain on any host")
+        return instance.host
+
+    # ---- shelve steps -----------------------------------------------------------------
+
+    def snapshot(self, instance: Instance) -> None:
+        image_id = instance.pending_image_id
+        if image_id is None:
+            raise HypervisorError(f"instance {instance.id} has no image id to snapshot into")
+        name = f"{instance.name}-shelved"
+        info = self.images.get(image_id)
+        if info is None:  # a partial file from a crash is overwritten, never kept
+            try:
+                self.hosts.driver(self._on_host(instance)).export_disk(
+                    str(instance.id), self.images.path_for(image_id)
+                )
+            except HypervisorError:
+                self.images.delete(image_id)
+                raise
+            info = self.images.commit(image_id, name, str(instance.id))
+        self._record(
+            instance, instance.record_snapshotted, host=instance.host, image_id=image_id,
+            image_name=name, size=info.size,
+        )
+
+    def clean_network(self, instance: Instance) -> None:
+        host = instance.network_host or instance.claim_host
+        if host is not None:
+            self.hosts.driver(host).remove_dhcp_host(instance.mac)
+        self._record(instance, instance.record_network_cleaned, host=host)
+
+    def destroy(self, instance: Instance) -> None:
+        host = instance.host or instance.claim_host
+        if host is not None:
+            self._destroy_on(host, instance)
+        self._record(instance, instance.record_destroyed, host=host)
+
+    def _destroy_on(self, host: str, instance: Instance) -> None:
+        driver = self.hosts.driver(host)
+        driver.undefine(str(instance.id))
+        if not instance.volume_backed:  # a volume outlives its domain
+            driver.delete_disk(str(instance.id))
+
+    def release_claim(self, instance: Instance) -> None:
+        host_name = instance.claim_host
+        self.failpoints.hit(f"after:{plans.RELEASE_CLAIM}")
+        if host_name is not None:
+            host = find(self.repo, host_id_for(host_name), Host)
+            if host is not None:
+                host.release(str(instance.id), instance.user or SERVICE_USER,
+                             instance.request_id or "")
+                instance.record_claim_released(
+                    user=instance.user or SERVICE_USER, request_id=instance.request_id or "",
+                    host=host_name,
+                )
+                self.repo.save(host, instance)  # one transaction: never released twice
+                return
+        self._record(instance, instance.record_claim_released, host=host_name)
+
+    # ---- unshelve / boot steps -------------------------------------------------------
+
+    def claim(self, instance: Instance) -> None:
+        for _ in range(CLAIM_ATTEMPTS):
+            host = self._choose_host(instance)
+            host.claim(str(instance.id), instance.vcpus, instance.memory_mb, instance.disk_gb,
+                       instance.user or SERVICE_USER, instance.request_id or "")
+            self.failpoints.hit(f"after:{plans.CLAIM}")
+            instance.record_claimed(
+                user=instance.user or SERVICE_USER, request_id=instance.request_id or "",
+                host=host.name,
+            )
+            try:
+                self.repo.save(host, instance)
+                return
+            except RecordConflict:
+                fresh = find(self.repo, instance.id, Instance)
+                if fresh is None or fresh.version != instance.version - 1:
+                    raise  # the instance itself moved on: let drive() reload it
+                instance = fresh  # only the host moved on: another claim won it; try again
+        raise NoRoom(f"gave up claiming after {CLAIM_ATTEMPTS} races for the same hosts")
+
+    def _choose_host(self, instance: Instance) -> Host:
+        """The asked-for host, else the one with the most free memory that fits (Nova)."""
+        if instance.target_host is not None:
+            host = find(self.repo, host_id_for(instance.target_host), Host)
+            if host is None:
+                raise NoRoom(f"No valid host was found: no host named {instance.target_host}")
+            return host
+        need = (instance.vcpus, instance.memory_mb, instance.disk_gb)
+        fitting = [host for host in all_hosts(self.repo) if host.fits(*need)]
+        if not fitting:
+            raise NoRoom(
+                "No valid host was found. There are not enough hosts available "
+                f"for {need[0]} vcpus, {need[1]} MB and {need[2]} GB."
+            )
+        return max(fitting, key=lambda host: (host.free()["memory_mb"], host.name))
+
+    def setup_network(self, instance: Instance) -> None:
+        host = instance.claim_host
+        if host is None:
+            raise HypervisorError(f"instance {instance.id} holds no claim on any host")
+        self.hosts.driver(host).add_dhcp_host(instance.mac, instance.ip, instance.name)
+        self._record(instance, instance.record_network_set_up, host=host)
+
+    def spawn(self, instance: Instance) -> None:
+        host = instance.claim_host
+        if host is None:
+            raise HypervisorError(f"instance {instance.id} holds no claim on any host")
+        image_id = instance.shelved_image_id or instance.image_id
+        try:
+            self._spawn_on(host, instance, image_id)
+        except HypervisorError:
+            self._destroy_on(host, instance)  # leave nothing half-built behind
+            raise
+        self._record(
+            instance, instance.record_spawned, host=host, image_id=image_id,
+            volume=self._spec(instance).volume_path,
+        )
+
+    def _spawn_on(self, host: str, instance: Instance, image_id: str | None) -> None:
+        driver, spec = self.hosts.driver(host), self._spec(instance)
+        image_path = self._image_path(instance, image_id)
+        if instance.volume_backed:
+            volume = self.volumes.path_for(str(instance.id))
+            if instance.vm_state == s.SHELVED_OFFLOADED and not volume.exists():
+                raise HypervisorError(f"volume {volume} of instance {instance.id} is missing")
+            driver.create_volume(volume, instance.disk_gb, image_path)
+        else:
+            driver.create_disk(spec, image_path)
+        driver.define_and_start(spec)
+
+    def _image_path(self, instance: Instance, image_id: str | None) -> Path | None:
+        if image_id is None or (instance.volume_backed and instance.vm_state != s.BUILDING):
+            return None
+        if self.images.get(image_id) is None:
+            if instance.vm_state == s.SHELVED_OFFLOADED:
+                raise ImageNotFound(
+                    f"Unshelve attempted but the image {image_id} cannot be found."
+                )
+            raise ImageNotFound(f"Image {image_id} could not be found.")
+        return self.images.path_for(image_id)
+
+    def delete_image(self, instance: Instance) -> None:
+        image_id = instance.shelved_image_id or instance.pending_image_id or ""
+        self.images.delete(image_id)
+        self._record(instance, instance.record_image_deleted, image_id=image_id)
+
+    def delete_volume(self, instance: Instance) -> None:
+        self.volumes.delete(str(instance.id))
+        self._record(
+            instance, instance.record_volume_deleted,
+            volume=str(self.volumes.path_for(str(instance.id))),
+        )
+
+    # ---- closing ----------------------------------------------------------------------
+
+    def finish(self, instance: Instance) -> None:
+        user, request_id = instance.user or SERVICE_USER, instance.request_id or ""
+        deleting = instance.plan == "delete"
+        instance.record_finish(user, request_id, self.clock())
+        if not deleting:
+            self.repo.save(instance)
+            return
+        # The name and the address are free again, in the same transaction as `Deleted`.
+        index = find(self.repo, name_index_id(instance.name), NameIndex)
+        pool = find(self.repo, POOL_ID, AddressPool)
+        if index is not None:
+            index.free(str(instance.id))
+        if pool is not None:
+            pool.release(instance.ip, str(instance.id))
+        self.repo.save(instance, *(agg for agg in (index, pool) if agg is not None))

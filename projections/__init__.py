@@ -1,0 +1,1 @@
+"""Read models rebuilt from the event history, each with its tracking position."""

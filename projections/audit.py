@@ -1,0 +1,110 @@
+"""Nova-style instance actions and the plain event history, derived from stored events.
+
+An action is every event sharing one request id; its events are the steps performed for
+it, each with the time it started (the previous event) and finished (its own record).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+# Stored event class -> the step it records.
+STEP_OF_EVENT = {
+    "PoweredOff": "PowerOff", "PoweredOn": "PowerOn", "GuestPaused": "Pause",
+    "GuestUnpaused": "Unpause", "GuestSuspended": "Suspend", "GuestResumed": "Resume",
+    "Snapshotted": "Snapshot", "NetworkCleaned": "CleanNetwork", "Destroyed": "Destroy",
+    "ClaimReleased": "ReleaseClaim", "ResourcesClaimed": "Claim",
+    "NetworkSetUp": "SetupNetwork", "Spawned": "Spawn", "ImageDeleted": "DeleteImage",
+    "VolumeDeleted": "DeleteVolume",
+}
+
+# Request event class -> Nova's action name.
+ACTION_OF_REQUEST = {
+    "BootRequested": "create", "ShelveRequested": "shelve", "UnshelveRequested": "unshelve",
+    "StartRequested": "start", "StopRequested": "stop", "PauseRequested": "pause",
+    "UnpauseRequested": "unpause", "SuspendRequested": "suspend",
+    "ResumeRequested": "resume", "DeleteRequested": "delete",
+}
+
+CLOSING_EVENTS = frozenset({
+    "Booted", "Started", "Stopped", "Paused", "Unpaused", "Suspended", "Resumed", "Shelved",
+    "ShelveOffloaded", "Unshelved", "Deleted", "RolledBack",
+})
+
+_ENVELOPE = {"originator_id", "originator_version", "timestamp", "originator_topic"}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def event_record(event: Any) -> dict[str, Any]:
+    """One stored event as `history --json` prints it."""
+    record: dict[str, Any] = {
+        "event": type(event).__name__,
+        "version": event.originator_version,
+        "timestamp": event.timestamp.isoformat(),
+        "user": getattr(event, "user", None),
+        "request_id": getattr(event, "request_id", None),
+    }
+    for key, value in vars(event).items():
+        if key not in _ENVELOPE and key not in record:
+            record[key] = _plain(value)
+    return record
+
+
+def actions_from_history(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Group a history (oldest first) into actions, oldest first."""
+    actions: dict[str, dict[str, Any]] = {}
+    previous_time: str | None = None
+    for record in history:
+        action = _action_for(actions, record)
+        step_event = _step_event(record, previous_time)
+        if step_event is not None:
+            action["events"].append(step_event)
+            if step_event["result"] == "Error":
+                action["result"] = "Error"
+                action["message"] = step_event["details"]
+        if record["event"] in CLOSING_EVENTS:
+            action["finish_time"] = record["timestamp"]
+            if action["result"] is None:
+                action["result"] = "Success"
+        previous_time = record["timestamp"]
+    return list(actions.values())
+
+
+def _action_for(actions: dict[str, dict[str, Any]], record: dict[str, Any]) -> dict[str, Any]:
+    request_id = record["request_id"] or ""
+    if request_id not in actions:
+        name = record.get("action") or ACTION_OF_REQUEST.get(record["event"], record["event"])
+        actions[request_id] = {
+            "action": name, "request_id": request_id, "user": record["user"],
+            "start_time": record["timestamp"], "finish_time": None, "result": None,
+            "message": None, "events": [],
+        }
+    return actions[request_id]
+
+
+def _step_event(record: dict[str, Any], started: str | None) -> dict[str, Any] | None:
+    name = record["event"]
+    if name == "StepFailed":
+        step, result, details = record["step"], "Error", record["error"]
+    elif name in STEP_OF_EVENT:
+        step, result, details = STEP_OF_EVENT[name], "Success", None
+    else:
+        return None
+    return {
+        "event": step, "start_time": started or record["timestamp"],
+        "finish_time": record["timestamp"], "result": result,
+        "host": record.get("host"), "details": details,
+    }

@@ -1,0 +1,82 @@
+"""How an aggregate looks in a read model: one dict per instance, one per host."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from domain.host import Host
+from domain.instance import Instance
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def instance_view(instance: Instance) -> dict[str, Any]:
+    """Everything `show --json` prints."""
+    return {
+        "id": str(instance.id),
+        "name": instance.name,
+        "status": instance.status,
+        "vm_state": instance.vm_state,
+        "task_state": instance.task_state,
+        "power_state": instance.power_state,
+        "host": instance.host,
+        "vcpus": instance.vcpus,
+        "memory_mb": instance.memory_mb,
+        "disk_gb": instance.disk_gb,
+        "volume_backed": instance.volume_backed,
+        "image_id": instance.image_id,
+        "ip": instance.ip,
+        "mac": instance.mac,
+        "shelved_at": _iso(instance.shelved_at),
+        "shelved_image_id": instance.shelved_image_id,
+        "shelved_host": instance.shelved_host,
+        "fault": instance.fault,
+        "action": instance.action,
+        "request_id": instance.request_id,
+        "user": instance.user,
+        "created_at": _iso(instance.created_on),
+        "updated_at": _iso(instance.modified_on),
+        "version": instance.version,
+    }
+
+
+INSTANCE_COLUMNS = (
+    "id", "name", "status", "vm_state", "task_state", "power_state", "host", "vcpus",
+    "memory_mb", "disk_gb", "volume_backed", "image_id", "ip", "mac", "shelved_at",
+    "shelved_image_id", "shelved_host", "fault", "action", "request_id", "user",
+    "created_at", "updated_at", "version",
+)
+
+
+def instance_row(view: dict[str, Any]) -> tuple[Any, ...]:
+    row = dict(view)
+    row["fault"] = json.dumps(view["fault"]) if view["fault"] is not None else None
+    row["volume_backed"] = int(view["volume_backed"])
+    return tuple(row[column] for column in INSTANCE_COLUMNS)
+
+
+def instance_from_row(row: dict[str, Any]) -> dict[str, Any]:
+    view = dict(row)
+    view["fault"] = json.loads(row["fault"]) if row["fault"] else None
+    view["volume_backed"] = bool(row["volume_backed"])
+    return view
+
+
+def host_view(host: Host) -> dict[str, Any]:
+    used = host.used()
+    return {
+        "name": host.name, "uri": host.uri,
+        "vcpus": host.vcpus, "memory_mb": host.memory_mb, "disk_gb": host.disk_gb,
+        "vcpus_used": used["vcpus"], "memory_mb_used": used["memory_mb"],
+        "disk_gb_used": used["disk_gb"], "instances": len(host.claims),
+    }
+
+
+HOST_COLUMNS = (
+    "name", "uri", "vcpus", "memory_mb", "disk_gb", "vcpus_used", "memory_mb_used",
+    "disk_gb_used", "instances",
+)

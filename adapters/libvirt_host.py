@@ -10,7 +10,8 @@ serves the directory), so every copy is libvirt's own (`createXMLFrom`, i.e. `qe
 only in its connection and whose volumes are bookkeeping with no files. It emulates the file
 side honestly: a disk "copied" from an image is a bookkeeping volume of the right capacity;
 `export_disk` writes a sparse raw file of the disk's capacity (the disk holds nothing but
-zeros); `create_volume` writes a sparse raw file of the volume's size.
+zeros) and returns that apparent size (a real export returns the bytes allocated on disk);
+`create_volume` writes a sparse raw file of the volume's size.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from adapters.libvirt_xml import (
     dir_pool_xml,
     domain_name,
     domain_xml,
+    is_hostname,
     network_xml,
     pool_target_path,
     volume_xml,
@@ -67,6 +69,13 @@ HostT = TypeVar("HostT", bound="LibvirtHost")
 DISK_SUFFIX = ".qcow2"
 POLL_INTERVAL = 0.2  # seconds between state checks while waiting for a clean shutdown
 REFRESH_WAIT = 60.0  # seconds to wait for a pool busy with another copy before giving up
+
+# Active states in which a guest can still act on an ACPI shutdown request.
+_CAN_SHUT_DOWN = {
+    libvirt.VIR_DOMAIN_RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED,
+    libvirt.VIR_DOMAIN_SHUTDOWN,
+}
 
 _LIBVIRT_STATES = {
     libvirt.VIR_DOMAIN_RUNNING: RUNNING,
@@ -230,6 +239,11 @@ class LibvirtHost:
             pool = self._conn.storagePoolDefineXML(xml, 0)
             pool.setAutostart(1)
             log.info("disks pool defined", host=self.name, path=str(self.disks_dir))
+        target = pool_target_path(pool.XMLDesc(0))
+        if target is not None and target.resolve() != self.disks_dir.resolve():
+            # Same host name, other data dir: the pool (and its disks) win over the new path.
+            log.warning("disks pool serves another directory", host=self.name,
+                        pool_path=str(target), expected=str(self.disks_dir))
         if not pool.isActive():
             pool.create(0)
 
@@ -557,8 +571,8 @@ class LibvirtHost:
             if domain.hasManagedSaveImage(0):
                 domain.managedSaveRemove(0)  # a suspended domain becomes plainly shut off
             return
-        if clean_timeout <= 0 or self._power_state_of(domain) != RUNNING:
-            _destroy(domain)  # paused (or pm-suspended) guests can't act on ACPI
+        if clean_timeout <= 0 or int(domain.state()[0]) not in _CAN_SHUT_DOWN:
+            _destroy(domain)  # a paused, pm-suspended or crashed guest can't act on ACPI
             return
         self._shut_down(domain, clean_timeout, retry_interval)
 
@@ -618,14 +632,15 @@ class LibvirtHost:
         """Restore the managed save image; always ends running (a save of a paused guest
         restores paused, so it is unpaused too)."""
         domain = self._require_domain(instance_id)
-        state = self._power_state_of(domain)
-        if state == SUSPENDED and not domain.isActive():
+        if not domain.isActive():
+            if not domain.hasManagedSaveImage(0):
+                raise _Refusal("the domain is shutdown, not suspended")
             domain.create()
-            state = self._power_state_of(domain)
-        if state == PAUSED:
+        state = int(domain.state()[0])
+        if state == libvirt.VIR_DOMAIN_PAUSED:
             domain.resume()
-        elif state != RUNNING:
-            _require_state(state, SUSPENDED)
+        elif state == libvirt.VIR_DOMAIN_PMSUSPENDED:
+            domain.pMWakeup(0)
 
     # --- network --------------------------------------------------------------------------
 
@@ -651,7 +666,7 @@ class LibvirtHost:
             self._update_dhcp(libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE, dhcp_host_xml(mac))
         # libvirt refuses a second entry with the same name: then the entry goes without one.
         taken = {entry.name for entry in entries if entry.mac != mac}
-        host_name = name if _is_hostname(name) and name not in taken else None
+        host_name = name if is_hostname(name) and name not in taken else None
         xml = dhcp_host_xml(mac, ip, host_name)
         self._update_dhcp(libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, xml)
         log.info("DHCP host added", host=self.name, mac=mac, ip=ip, stale=len(mine))
@@ -741,16 +756,6 @@ def _image_virtual_size(image_path: Path) -> int:
     if not image_path.is_file():
         raise _MissingImage(f"image file {image_path} not found")
     return probe_disk_file(image_path).virtual_size
-
-
-def _is_hostname(name: str) -> bool:
-    labels = name.split(".")
-    return bool(name) and len(name) <= 253 and all(_is_label(label) for label in labels)
-
-
-def _is_label(label: str) -> bool:
-    characters_ok = label.replace("-", "").isalnum() and label.isascii()
-    return 0 < len(label) <= 63 and characters_ok and label[0] != "-" and label[-1] != "-"
 
 
 def open_host(name: str, uri: str, data_dir: Path) -> LibvirtHost:

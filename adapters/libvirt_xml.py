@@ -132,6 +132,17 @@ def dhcp_host_xml(mac: str, ip: str | None = None, name: str | None = None) -> s
     return _to_string(ET.Element("host", attrs))
 
 
+def is_hostname(name: str) -> bool:
+    """Whether dnsmasq can take the name as a host name (dot-separated DNS labels)."""
+    labels = name.split(".")
+    return bool(name) and len(name) <= 253 and all(_is_label(label) for label in labels)
+
+
+def _is_label(label: str) -> bool:
+    characters_ok = label.replace("-", "").isalnum() and label.isascii()
+    return 0 < len(label) <= 63 and characters_ok and label[0] != "-" and label[-1] != "-"
+
+
 @dataclass(frozen=True)
 class DhcpHost:
     mac: str

@@ -135,7 +135,10 @@ def build_parser() -> OneLineParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # usage errors and --help: argparse already printed
+        return stop.code if isinstance(stop.code, int) else 2
     configure_logging(os.environ.get("SHELF_LOG_LEVEL")
                       or ("info" if args.command in ("serve",) else "warning"))
     ctx = Context(args.store, args.user)

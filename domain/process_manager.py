@@ -357,9 +357,12 @@ class ProcessManager:
 
     def finish(self, instance: Instance) -> None:
         user, request_id = instance.user or SERVICE_USER, instance.request_id or ""
-        deleting = instance.plan == "delete"
+        plan = instance.plan
         instance.record_finish(user, request_id, self.clock())
-        if not deleting:
+        if plan == "shelve" and self.settings.shelved_offload_time == 0:
+            # Offload at once, in the same transaction: nobody ever sees it idle in between.
+            instance.request_shelve_offload(user, request_id, action="shelve")
+        if plan != "delete":
             self.repo.save(instance)
             return
         # The name and the address are free again, in the same transaction as `Deleted`.

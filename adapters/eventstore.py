@@ -87,7 +87,7 @@ def environment_for(store: StoreURL) -> dict[str, str]:
     return env
 
 
-class ShelfApplication(Application):
+class ShelfApplication(Application[uuid.UUID]):
     """The event store of every aggregate. Hot aggregates are snapshotted."""
 
     name = "shelf"

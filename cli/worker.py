@@ -63,7 +63,9 @@ class Worker:
         if notifications:
             self.position = notifications[-1].id
             self.submit(
-                n.originator_id for n in notifications if n.topic.startswith(INSTANCE_TOPIC)
+                uuid.UUID(str(n.originator_id))
+                for n in notifications
+                if n.topic.startswith(INSTANCE_TOPIC)
             )
         self.check_offload_timer()
         return len(notifications)

@@ -50,7 +50,8 @@ class Instance(Aggregate):
     ) -> None:
         self.name = name
         self.vcpus, self.memory_mb, self.disk_gb = vcpus, memory_mb, disk_gb
-        self.image_id, self.volume_backed = image_id, volume_backed
+        self.image_id: str | None = image_id
+        self.volume_backed: bool = volume_backed
         self.ip, self.mac = ip, mac
         self.vm_state: str = s.BUILDING
         self.task_state: str | None = s.SCHEDULING
@@ -58,14 +59,14 @@ class Instance(Aggregate):
         self.host: str | None = None  # where the domain and its disk are
         self.claim_host: str | None = None  # where our resources are claimed
         self.network_host: str | None = None  # where our DHCP entry is
-        self.target_host = host  # the host asked for (boot, unshelve --host)
+        self.target_host: str | None = host  # the host asked for (boot, unshelve --host)
         self.shelved_at: datetime | None = None
         self.shelved_image_id: str | None = None
         self.shelved_host: str | None = None
         self.pending_image_id: str | None = None
-        self.volume_deleted = False
-        self.destroyed = True  # nothing exists on a host yet
-        self.network_cleaned = True
+        self.volume_deleted: bool = False
+        self.destroyed: bool = True  # nothing exists on a host yet
+        self.network_cleaned: bool = True
         self.fault: dict[str, Any] | None = None
         self.plan: str | None = "create"
         self.action: str | None = "create"

@@ -62,7 +62,7 @@ class HostDriver(Protocol):
     def delete_disk(self, instance_id: str) -> None: ...
 
     def export_disk(self, instance_id: str, dest: Path) -> int:
-        """Copy the powered-off root disk (local disk) to dest as qcow2; return its size in bytes."""
+        """Copy the powered-off local root disk to dest as qcow2; return its size in bytes."""
 
     def create_volume(self, path: Path, size_gb: int, image_path: Path | None) -> None:
         """Create a persistent volume file at path (shared storage), blank or from an image."""

@@ -64,7 +64,7 @@ UPSERT_HOST = _upsert("host_usage", HOST_COLUMNS, "name")
 class StateProjector:
     """The `instances` and `host_usage` read models."""
 
-    def __init__(self, app: Application, db: Database) -> None:
+    def __init__(self, app: Application[uuid.UUID], db: Database) -> None:
         self.app, self.db = app, db
         self._aggregates: dict[uuid.UUID, Any] = {}
         self._schema_ready = False

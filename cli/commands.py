@@ -6,6 +6,7 @@ import argparse
 import signal
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,10 @@ from cli.bootstrap import Context
 from cli.waiting import wait_for_idle
 from cli.worker import Worker
 from domain.errors import NotFound, UsageError
+from domain.instance import Instance
 from domain.process_manager import Settings
-from domain.service import all_hosts, new_request_id, resolve_instance
+from domain.reconcile import Difference, fix_leaks, reconcile
+from domain.service import all_hosts, find, new_request_id, resolve_host, resolve_instance
 from projections.audit import actions_from_history, event_record
 from projections.views import host_view, instance_from_row, instance_view
 
@@ -174,8 +177,39 @@ def serve(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_instance_id(ref: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(ref)
-    except ValueError:
-        return None
+
+
+# ---- reconcile ----------------------------------------------------------------------------
+
+def reconcile_command(ctx: Context, args: argparse.Namespace) -> int:
+    differences = _differences(ctx)
+    if args.fix and differences:
+        fixed = fix_leaks(differences, ctx.hosts, ctx.images, _claim_releaser(ctx))
+        for difference in fixed:
+            print(f"fixed {difference.kind} {difference.subject} {difference.host or ''}")
+        differences = _differences(ctx)
+    rows = [vars(difference) for difference in differences]
+    if args.json:
+        render.print_json(rows)
+    elif rows:
+        render.print_table(rows, ("kind", "host", "subject", "detail"))
+    else:
+        print("clean: the store and every host agree")
+    return 1 if differences else 0
+
+
+def _differences(ctx: Context) -> list[Difference]:
+    ctx.projector.catch_up()
+    ids = [row["id"] for row in ctx.db.query("SELECT id FROM instances")]
+    instances = [i for i in (find(ctx.repo, uuid.UUID(x), Instance) for x in ids) if i]
+    return reconcile(instances, all_hosts(ctx.repo), ctx.hosts, ctx.images,
+                     ctx.images.partials())
+
+
+def _claim_releaser(ctx: Context) -> Callable[[str, str], None]:
+    def release(host_name: str, instance_id: str) -> None:
+        host = resolve_host(ctx.repo, host_name)
+        host.release(instance_id, ctx.user, new_request_id())
+        ctx.repo.save(host)
+
+    return release

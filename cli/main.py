@@ -110,6 +110,11 @@ def _add_service_commands(sub: argparse._SubParsersAction[OneLineParser]) -> Non
     serve.add_argument("--threads", type=int, default=4,
                        help="instances driven at once (4)")
     serve.set_defaults(func=commands.serve)
+    reconcile = sub.add_parser("reconcile", help="compare the store with every host")
+    reconcile.add_argument("--fix", action="store_true",
+                           help="remove leaks that no instance owns")
+    _json_option(reconcile)
+    reconcile.set_defaults(func=commands.reconcile_command)
     demo = sub.add_parser("demo", help="the whole story on a temporary store, in one process")
     demo.set_defaults(func=_demo)
 

@@ -1,0 +1,137 @@
+"""`reconcile`: what the store says against what every host and the image store have.
+
+Instances with a task in flight are not judged (their steps are between states); their
+belongings are not reported as leaks either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from domain.host import Host
+from domain.instance import Instance
+from domain.ports import HostDrivers, HypervisorError, ImageInfo, ImageStore
+from domain.states import DELETED
+
+
+@dataclass(frozen=True)
+class Difference:
+    kind: str  # orphan-domain, missing-domain, orphan-disk, ... (see README)
+    host: str | None
+    subject: str
+    detail: str
+    fixable: bool = False
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """What instances with a task in flight may legitimately have half-made."""
+
+    ids: frozenset[str]
+    macs: frozenset[str]
+    images: frozenset[str]
+
+
+def reconcile(
+    instances: Iterable[Instance], hosts: Iterable[Host], drivers: HostDrivers,
+    images: ImageStore, partial_images: Iterable[str] = (),
+) -> list[Difference]:
+    live = [i for i in instances if i.vm_state != DELETED]
+    moving = [i for i in live if not i.is_idle]
+    busy = InFlight(
+        ids=frozenset(str(i.id) for i in moving), macs=frozenset(i.mac for i in moving),
+        images=frozenset(x for i in moving for x in (i.pending_image_id, i.shelved_image_id)
+                         if x),
+    )
+    settled = [i for i in live if i.is_idle]
+    found: list[Difference] = []
+    for host in hosts:
+        found += _host_differences(host, settled, busy, drivers)
+    found += _image_differences(settled, busy, images.list(), partial_images)
+    return found
+
+
+def _host_differences(
+    host: Host, settled: list[Instance], busy: InFlight, drivers: HostDrivers
+) -> list[Difference]:
+    name = host.name
+    try:
+        driver = drivers.driver(name)
+        domains, disks, dhcp = set(driver.domains()), set(driver.disks()), driver.dhcp_hosts()
+    except (HypervisorError, KeyError) as error:
+        return [Difference("unreachable-host", name, name, str(error))]
+    want_domains = {str(i.id) for i in settled if i.host == name}
+    want_disks = {str(i.id) for i in settled if i.host == name and not i.volume_backed}
+    want_dhcp = {i.mac for i in settled if i.network_host == name}
+    want_claims = {str(i.id) for i in settled if i.claim_host == name}
+    claims = set(host.claims)
+    return (
+        _set_differences("domain", name, want_domains, domains - busy.ids, domains)
+        + _set_differences("disk", name, want_disks, disks - busy.ids, disks)
+        + _set_differences("dhcp-entry", name, want_dhcp, set(dhcp) - busy.macs, set(dhcp))
+        + _set_differences("claim", name, want_claims, claims - busy.ids, claims)
+    )
+
+
+def _set_differences(
+    kind: str, host: str, wanted: set[str], have_settled: set[str], have_all: set[str]
+) -> list[Difference]:
+    found = [Difference(f"orphan-{kind}", host, subject, f"{kind} on {host} that no instance "
+                        "owns", fixable=True)
+             for subject in sorted(have_settled - wanted)]
+    found += [Difference(f"missing-{kind}", host, subject, f"the store expects this {kind} "
+                         f"on {host}")
+              for subject in sorted(wanted - have_all)]
+    return found
+
+
+def _image_differences(
+    settled: list[Instance], busy: InFlight, stored: list[ImageInfo],
+    partial_images: Iterable[str],
+) -> list[Difference]:
+    referenced = {i.shelved_image_id for i in settled if i.shelved_image_id}
+    found = [
+        Difference("leaked-image", None, image.id,
+                   f"{image.name} is owned by no shelved instance", fixable=True)
+        for image in stored
+        if image.instance_id is not None and image.id not in referenced
+        and image.id not in busy.images
+    ]
+    stored_ids = {image.id for image in stored}
+    found += [
+        Difference("missing-image", None, image_id,
+                   "a shelved instance's image is not in the image store")
+        for image_id in sorted(referenced - stored_ids)
+    ]
+    found += [
+        Difference("partial-image", None, image_id, "a half-written image file", fixable=True)
+        for image_id in partial_images if image_id not in busy.images
+    ]
+    return found
+
+
+def fix_leaks(
+    differences: Iterable[Difference], drivers: HostDrivers, images: ImageStore,
+    release_claim: Callable[[str, str], None],
+) -> list[Difference]:
+    """Remove what no instance owns; return the differences that were fixed."""
+    fixed = []
+    for difference in differences:
+        if not difference.fixable:
+            continue
+        host, subject = difference.host, difference.subject
+        if difference.kind == "orphan-domain" and host:
+            drivers.driver(host).undefine(subject)
+        elif difference.kind == "orphan-disk" and host:
+            drivers.driver(host).delete_disk(subject)
+        elif difference.kind == "orphan-dhcp-entry" and host:
+            drivers.driver(host).remove_dhcp_host(subject)
+        elif difference.kind == "orphan-claim" and host:
+            release_claim(host, subject)
+        elif difference.kind in ("leaked-image", "partial-image"):
+            images.delete(subject)
+        else:
+            continue
+        fixed.append(difference)
+    return fixed

@@ -8,6 +8,8 @@ hypervisor had failed. With none set, a check costs one dict lookup.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import NoReturn
 
 import structlog
 
@@ -35,11 +37,18 @@ def parse_failpoints(spec: str) -> dict[str, str]:
     return points
 
 
+def exit_as_if_killed() -> NoReturn:
+    os._exit(KILLED_STATUS)  # no cleanup, no flushing: what kill -9 leaves behind
+
+
 class EnvFailpoints:
-    def __init__(self, spec: str | None = None) -> None:
+    def __init__(
+        self, spec: str | None = None, crash: Callable[[], NoReturn] = exit_as_if_killed
+    ) -> None:
         self.points = parse_failpoints(
             spec if spec is not None else os.environ.get("SHELF_FAILPOINTS", "")
         )
+        self.crash = crash
 
     def hit(self, name: str) -> None:
         action = self.points.get(name)
@@ -48,5 +57,5 @@ class EnvFailpoints:
         structlog.get_logger("shelf.failpoints").warning("failpoint.hit", failpoint=name,
                                                         action=action)
         if action == "crash":
-            os._exit(KILLED_STATUS)
+            self.crash()
         raise HypervisorError(f"failpoint {name} injected an error")

@@ -179,7 +179,7 @@ class Instance(Aggregate):
         if self.vm_state == s.DELETED:
             raise Conflict(f"Cannot 'delete' instance {self.id}: it is already deleted")
         if self.task_state == s.DELETING:
-            raise Conflict(f"Cannot 'delete' instance {self.id}: a delete is in progress")
+            return  # already being deleted: a repeated delete is a no-op, as in Nova
         self._delete_requested(user=user, request_id=request_id)
 
     @event("DeleteRequested")

@@ -507,14 +507,6 @@ def test_failure_with_no_host_room_reported_by_the_scheduler() -> None:
     assert inst.fault is not None and inst.fault["message"] == reason
 
 
-def test_a_new_request_clears_the_old_fault() -> None:
-    life = life_in(s.ACTIVE)
-    life.do("shelve", fail_at=plans.SNAPSHOT)
-    assert life.inst.fault is not None
-    life.do("start")
-    assert life.inst.fault is None and life.inst.vm_state == s.ACTIVE
-
-
 # ================================================================================
 # Crash and resume: the decision depends only on recorded state
 # ================================================================================
@@ -651,13 +643,15 @@ class _CollectingRepo:
 
     def __init__(self) -> None:
         self.saved: list[Any] = []
+        self.transactions: list[list[str]] = []
 
     def get(self, aggregate_id: uuid.UUID) -> Any:
         raise KeyError(aggregate_id)
 
     def save(self, *aggregates: Any) -> None:
-        for aggregate in aggregates:
-            self.saved += aggregate.collect_events()
+        batch = [event for aggregate in aggregates for event in aggregate.collect_events()]
+        self.saved += batch
+        self.transactions.append([type(event).__name__ for event in batch])
 
 
 def _manager(
@@ -718,3 +712,38 @@ def test_offload_timer(offload_time: float, shelved_for: int, due: bool) -> None
         assert requested.request_id != life.history[-1].event.request_id
     else:
         assert repo.saved == []
+
+
+def test_offload_timer_skips_an_instance_whose_task_is_in_flight() -> None:
+    """Scenario 15: a shelved instance being unshelved is not offloaded under it."""
+    life = life_in(s.SHELVED)
+    life.request("unshelve")
+    assert (life.inst.vm_state, life.inst.task_state) == (s.SHELVED, s.UNSHELVING)
+    manager, _, repo = _manager(shelved_offload_time=0)
+    assert manager.offload_if_due(life.inst) is False
+    assert repo.saved == []
+    assert life.inst.task_state == s.UNSHELVING
+
+
+@pytest.mark.parametrize("offload_time", [0, -1, 60])
+def test_finishing_a_shelve_offloads_at_once_only_with_offload_time_zero(
+    offload_time: float,
+) -> None:
+    """Scenario 11 through the process manager: the same request, the same `shelve` action."""
+    life = life_in(s.ACTIVE)
+    life.request("shelve", request_id="req-shelve-0")
+    while plans.next_step(life.inst) != plans.FINISH:
+        life.step()
+    manager, _, repo = _manager(shelved_offload_time=offload_time)
+    manager.finish(life.inst)
+    if offload_time == 0:
+        assert repo.transactions == [["Shelved", "ShelveOffloadRequested"]]
+        requested = repo.saved[-1]
+        assert (requested.request_id, requested.action) == ("req-shelve-0", "shelve")
+        assert (life.inst.vm_state, life.inst.task_state) == (s.SHELVED, s.SHELVING_OFFLOADING)
+        recs = life.drive()
+        assert names(recs)[-1] == "ShelveOffloaded"
+        assert (life.inst.vm_state, life.inst.host) == (s.SHELVED_OFFLOADED, None)
+    else:
+        assert repo.transactions == [["Shelved"]]
+        assert (life.inst.vm_state, life.inst.task_state) == (s.SHELVED, None)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, unquote, urlparse
 
+import psycopg
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError
 
@@ -113,7 +114,18 @@ class EventStoreRepository:
             raise RecordConflict(str(error)) from None
 
 
+# PostgreSQL's `CREATE ... IF NOT EXISTS` fails with "tuple concurrently updated" when two
+# processes run it at once (serve starting while a CLI command does): serialize all DDL.
+SCHEMA_LOCK_KEY = 0x5E1F
+
+
 def open_application(store: StoreURL) -> ShelfApplication:
     if store.backend == "sqlite" and store.sqlite_path is not None:
         store.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-    return ShelfApplication(env=environment_for(store))
+        return ShelfApplication(env=environment_for(store))
+    with psycopg.connect(store.psycopg_conninfo(), autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK_KEY,))
+        try:
+            return ShelfApplication(env=environment_for(store))
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK_KEY,))

@@ -12,6 +12,7 @@ from typing import Any
 
 from eventsourcing.application import Application
 
+from adapters.eventstore import SCHEMA_LOCK_KEY
 from domain.host import Host
 from domain.instance import Instance
 from projections.db import Database
@@ -73,6 +74,8 @@ class StateProjector:
         if self._schema_ready:
             return
         with self.db.transaction():
+            if self.db.backend == "postgres":  # see SCHEMA_LOCK_KEY
+                self.db.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK_KEY,))
             for statement in SCHEMA:
                 self.db.execute(statement)
             self.db.execute(

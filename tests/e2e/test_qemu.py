@@ -61,10 +61,11 @@ class Cloud:
 
     def serve(self, failpoints: str = "") -> subprocess.Popen[bytes]:
         env = {**self.env, "SHELF_FAILPOINTS": failpoints}
-        self.serve_proc = subprocess.Popen(
-            [SHELF, "serve", "--shutdown-timeout", "3", "--shutdown-retry-interval", "1"],
-            env=env, stdout=subprocess.DEVNULL, stderr=open(self.root / "serve.log", "ab"),
-        )
+        with open(self.root / "serve.log", "ab") as log:  # the child keeps its own copy
+            self.serve_proc = subprocess.Popen(
+                [SHELF, "serve", "--shutdown-timeout", "3", "--shutdown-retry-interval", "1"],
+                env=env, stdout=subprocess.DEVNULL, stderr=log,
+            )
         return self.serve_proc
 
     def stop_serving(self) -> None:

@@ -48,6 +48,7 @@ class Context:
         self.user = user or os.environ.get("SHELF_USER") or os.environ.get("USER") or "admin"
         self.data_dir = (data_dir or default_data_dir()).absolute()
         self._hosts = hosts
+        self._owns_hosts = hosts is None  # a caller's connections stay open for the caller
 
     @cached_property
     def app(self) -> ShelfApplication:
@@ -98,7 +99,7 @@ class Context:
         )
 
     def close(self) -> None:
-        if self._hosts is not None and hasattr(self._hosts, "close"):
+        if self._owns_hosts and self._hosts is not None and hasattr(self._hosts, "close"):
             self._hosts.close()
         if "db" in self.__dict__:
             self.db.close()

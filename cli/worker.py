@@ -24,6 +24,8 @@ INSTANCE_TOPIC = "domain.instance:Instance."
 POLL_SECONDS = 0.2
 TIMER_SECONDS = 1.0
 NOTIFICATION_BATCH = 1000
+BACKOFF_START, BACKOFF_MAX = 0.5, 30.0
+SWEEP_SECONDS = 5.0
 
 
 class Worker:
@@ -41,17 +43,27 @@ class Worker:
         self.lock = threading.Lock()
         self.position = 0
         self.last_timer_check = 0.0
+        self.last_sweep = 0.0
 
     # ---- start-up: resume what a crash left half-done ---------------------------------
 
     def start(self) -> None:
         self.ctx.projector.catch_up()
         self.position = self.ctx.projector.position()
+        self.sweep_in_flight(force=True)
+        self.check_offload_timer(force=True)
+
+    def sweep_in_flight(self, force: bool = False) -> None:
+        """Every instance with a task in flight gets driven: after a crash, and now and then
+        in case a drive stopped early (say, the database went away mid-step)."""
+        now = time.monotonic()
+        if not force and now - self.last_sweep < SWEEP_SECONDS:
+            return
+        self.last_sweep = now
         in_flight = self.ctx.db.query("SELECT id FROM instances WHERE task_state IS NOT NULL")
-        if in_flight:
+        if in_flight and force:
             self.log.info("serve.resuming", instances=len(in_flight))
         self.submit(uuid.UUID(row["id"]) for row in in_flight)
-        self.check_offload_timer(force=True)
 
     # ---- one pass ---------------------------------------------------------------------
 
@@ -68,6 +80,7 @@ class Worker:
                 if n.topic.startswith(INSTANCE_TOPIC)
             )
         self.check_offload_timer()
+        self.sweep_in_flight()
         return len(notifications)
 
     def check_offload_timer(self, force: bool = False) -> None:
@@ -110,16 +123,34 @@ class Worker:
     # ---- loops ------------------------------------------------------------------------
 
     def run(self, stop: threading.Event, once: bool = False) -> None:
-        self.start()
+        self._until_started(stop)
+        backoff = BACKOFF_START
         while not stop.is_set():
-            read = self.poll()
-            self.ctx.projector.catch_up()
+            try:
+                read = self.poll()
+                self.ctx.projector.catch_up()
+            except Exception as error:  # the database went away: wait for it, lose nothing
+                self.log.error("serve.store_unavailable", error=str(error), retry_in=backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            backoff = BACKOFF_START
             if once and not read and not self.busy():
                 break
             if not read:
                 stop.wait(POLL_SECONDS)
         self.shutdown()
 
+    def _until_started(self, stop: threading.Event) -> None:
+        backoff = BACKOFF_START
+        while not stop.is_set():
+            try:
+                self.start()
+                return
+            except Exception as error:
+                self.log.error("serve.store_unavailable", error=str(error), retry_in=backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+
     def shutdown(self) -> None:
         self.pool.shutdown(wait=True)
-        self.ctx.projector.catch_up()

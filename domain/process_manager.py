@@ -115,7 +115,11 @@ class ProcessManager:
             return
         log.info("step.done")
 
-    def record_failure(self, instance: Instance, step: str, error: Exception) -> None:
+    def record_failure(self, failed: Instance, step: str, error: Exception) -> None:
+        # Reload: the failed attempt may have mutated the object without saving it.
+        instance = find(self.repo, failed.id, Instance)
+        if instance is None or instance.next_step() != step:
+            return  # another worker or request moved it on meanwhile
         rollback, vm_state = plans.rollback_for(
             instance.plan or "abort", step, instance.vm_state, isinstance(error, ImageNotFound)
         )

@@ -87,6 +87,7 @@ class Harness:
     tmp: Path
     settings: Settings = field(default_factory=lambda: Settings(shutdown_timeout=2))
     worker_ctx: Context | None = None
+    shared_hosts: Any = None  # keep the test driver's state across a worker restart
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -107,7 +108,8 @@ class Harness:
         self.ok("host", "add", name, "--uri", f"test://{node}", "--disk-gb", str(disk_gb))
 
     def start_worker(self) -> None:
-        self.worker_ctx = Context(self.store, "shelf", self.tmp / "data")
+        self.worker_ctx = Context(self.store, "shelf", self.tmp / "data",
+                                  hosts=self.shared_hosts)
         worker = Worker(self.worker_ctx, self.settings)
         self._thread = threading.Thread(target=worker.run, args=(self._stop,), daemon=True)
         self._thread.start()
@@ -143,8 +145,11 @@ def harness_factory(
     monkeypatch.setenv("SHELF_DATA_DIR", str(tmp_path / "data"))
     made: list[Harness] = []
 
-    def make(settings: Settings | None = None, start: bool = True) -> Harness:
-        harness = Harness(store_url, tmp_path, settings or Settings(shutdown_timeout=2))
+    def make(
+        settings: Settings | None = None, start: bool = True, hosts: Any = None
+    ) -> Harness:
+        harness = Harness(store_url, tmp_path, settings or Settings(shutdown_timeout=2),
+                          shared_hosts=hosts)
         made.append(harness)
         if start:
             harness.start_worker()

@@ -1,0 +1,109 @@
+"""Races and timers, on both stores: concurrent requests through real `shelf` processes,
+two unshelves racing for the last room, and the offload timer across a worker restart."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.libvirt_host import LibvirtHosts
+from cli.bootstrap import Context
+from domain.process_manager import Settings
+
+SHELF = str(Path(sys.executable).parent / "shelf")
+WAIT = ("--wait", "--timeout", "60")
+
+
+def boot(h: Any, name: str, host: str = "h1", memory: int = 1024) -> str:
+    return str(h.ok("boot", name, "--host", host, "--vcpus", "1", "--memory-mb", str(memory),
+                    "--disk-gb", "5", *WAIT).out.strip())
+
+
+def test_twenty_concurrent_shelves_exactly_one_wins(harness_factory: Any) -> None:
+    h = harness_factory()
+    h.add_host("h1")
+    boot(h, "vm1")
+    env = {**os.environ, "SHELF_STORE": h.store}
+    procs = [subprocess.Popen([SHELF, "shelve", "vm1"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(20)]
+    results = [(proc.wait(timeout=120), proc.stderr.read() if proc.stderr else "")
+               for proc in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0] + [4] * 19, results
+    assert all("Traceback" not in err for _, err in results)
+    history = h.ok("history", "vm1", "--json").json()
+    assert [r["event"] for r in history].count("ShelveRequested") == 1
+
+
+def test_two_unshelves_race_for_the_last_room(harness_factory: Any) -> None:
+    h = harness_factory()
+    h.add_host("h1", cpus=2, memory_mb=2048)
+    h.add_host("h2", cpus=2, memory_mb=2048)
+    boot(h, "a", "h1", memory=2048)
+    boot(h, "b", "h2", memory=2048)
+    h.ok("shelve", "a", *WAIT)
+    h.ok("shelve", "b", *WAIT)
+    h.ok("boot", "filler", "--host", "h2", "--vcpus", "1", "--memory-mb", "1024",
+         "--disk-gb", "1", *WAIT)  # h2 can no longer take a 2048 MB instance
+    h.ok("unshelve", "a")
+    h.ok("unshelve", "b")
+    deadline = time.monotonic() + 60
+    while any(h.show(x)["task_state"] for x in ("a", "b")):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    states = {x: h.show(x) for x in ("a", "b")}
+    landed = [x for x, vm in states.items() if vm["vm_state"] == "active"]
+    assert len(landed) == 1 and states[landed[0]]["host"] == "h1"
+    loser = states["b" if landed == ["a"] else "a"]
+    assert loser["vm_state"] == "shelved_offloaded" and "No valid host" in loser["fault"][
+        "message"]
+    for usage in h.hosts().values():
+        assert usage["memory_mb_used"] <= usage["memory_mb"]
+        assert usage["vcpus_used"] <= usage["vcpus"]
+
+
+def test_offload_timer_survives_a_worker_restart(
+    harness_factory: Any, tmp_path: Path, store_url: str, request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SHELF_STORE", store_url)
+    settings = Settings(shelved_offload_time=3, shutdown_timeout=2)
+    lookup = Context(None, "shelf", tmp_path / "data")  # the store URL from SHELF_STORE
+    hosts = LibvirtHosts(lookup.host_uri, tmp_path / "data")
+    request.addfinalizer(hosts.close)
+    request.addfinalizer(lookup.close)
+    first = harness_factory(settings, hosts=hosts)
+    first.add_host("h1")
+    boot(first, "old")
+    boot(first, "new")
+    first.ok("shelve", "old", *WAIT)
+    assert first.show("old")["vm_state"] == "shelved"
+    first.stop_worker()  # the service is down when the deadline passes
+    time.sleep(3.5)
+    first.ok("shelve", "new")  # recorded while down: shelved only after the restart
+
+    second = harness_factory(settings, hosts=hosts)
+    deadline = time.monotonic() + 30
+    while second.show("old")["vm_state"] != "shelved_offloaded":
+        assert time.monotonic() < deadline, "the overdue instance was never offloaded"
+        time.sleep(0.2)
+    while second.show("new")["task_state"] is not None:
+        time.sleep(0.2)
+    assert second.show("new")["vm_state"] == "shelved"  # shelved less than 3 s ago
+    old_actions = second.ok("actions", "old", "--json").json()
+    assert (old_actions[-1]["action"], old_actions[-1]["user"]) == ("shelveOffload", "shelf")
+
+
+def test_never_offload_with_minus_one(harness_factory: Any) -> None:
+    h = harness_factory(Settings(shelved_offload_time=-1, shutdown_timeout=2))
+    h.add_host("h1")
+    boot(h, "vm1")
+    h.ok("shelve", "vm1", *WAIT)
+    time.sleep(1.5)
+    assert h.show("vm1")["vm_state"] == "shelved"

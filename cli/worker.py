@@ -17,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import structlog
 
+from adapters.leases import InstanceLeases
 from cli.bootstrap import Context
 from domain.process_manager import Failpoints, ProcessManager, Settings
 
@@ -36,6 +37,7 @@ class Worker:
         self.ctx = ctx
         self.settings = settings
         self.pm: ProcessManager = ctx.process_manager(settings, failpoints)
+        self.leases = InstanceLeases(ctx.store)
         self.log = structlog.get_logger("shelf.serve")
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="drive")
         self.running: dict[uuid.UUID, Future[None]] = {}
@@ -107,7 +109,9 @@ class Worker:
     def _drive(self, instance_id: uuid.UUID) -> None:
         while True:
             try:
-                self.pm.drive(instance_id)
+                with self.leases.hold(instance_id) as held:
+                    if held:  # else another serve drives it; the sweep retries later
+                        self.pm.drive(instance_id)
             except Exception:  # one instance's bug must not stop the others
                 self.log.exception("drive.crashed", instance_id=str(instance_id))
             with self.lock:
@@ -154,3 +158,4 @@ class Worker:
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=True)
+        self.leases.close()

@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from adapters.failpoints import EnvFailpoints
 from cli.bootstrap import Context
 from cli.main import main
 from cli.worker import Worker
@@ -88,6 +89,7 @@ class Harness:
     settings: Settings = field(default_factory=lambda: Settings(shutdown_timeout=2))
     worker_ctx: Context | None = None
     shared_hosts: Any = None  # keep the test driver's state across a worker restart
+    failpoints: str = ""
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -110,7 +112,7 @@ class Harness:
     def start_worker(self) -> None:
         self.worker_ctx = Context(self.store, "shelf", self.tmp / "data",
                                   hosts=self.shared_hosts)
-        worker = Worker(self.worker_ctx, self.settings)
+        worker = Worker(self.worker_ctx, self.settings, EnvFailpoints(self.failpoints))
         self._thread = threading.Thread(target=worker.run, args=(self._stop,), daemon=True)
         self._thread.start()
 

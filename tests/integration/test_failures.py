@@ -1,0 +1,84 @@
+"""`error` failpoints for each failure outcome of lifecycle.md, through the real worker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.images import DirectoryImageStore
+from adapters.libvirt_host import LibvirtHosts
+from cli.bootstrap import Context
+
+WAIT = ("--wait", "--timeout", "60")
+
+
+@pytest.fixture
+def hosts(store_url: str, tmp_path: Path) -> Any:
+    lookup = Context(store_url, "shelf", tmp_path / "data")
+    shared = LibvirtHosts(lookup.host_uri, tmp_path / "data")
+    yield shared
+    shared.close()
+    lookup.close()
+
+
+def offloaded_vm(harness_factory: Any, hosts: Any) -> Any:
+    h = harness_factory(hosts=hosts)
+    h.add_host("h1")
+    h.ok("boot", "vm1", "--host", "h1", "--vcpus", "1", "--memory-mb", "256",
+         "--disk-gb", "1", *WAIT)
+    h.ok("shelve", "vm1", *WAIT)
+    h.stop_worker()
+    return h
+
+
+def restart_with(harness_factory: Any, hosts: Any, failpoints: str) -> Any:
+    h = harness_factory(start=False, hosts=hosts)
+    h.failpoints = failpoints
+    h.start_worker()
+    return h
+
+
+def test_snapshot_fails_ends_stopped_without_an_image(harness_factory: Any, hosts: Any) -> None:
+    h = restart_with(harness_factory, hosts, "before:Snapshot=error")
+    h.add_host("h1")
+    h.ok("boot", "vm1", "--host", "h1", "--vcpus", "1", "--memory-mb", "256",
+         "--disk-gb", "1", *WAIT)
+    result = h.shelf("shelve", "vm1", *WAIT)
+    assert result.code == 1 and "Snapshot" in result.err
+    vm = h.show("vm1")
+    assert (vm["vm_state"], vm["task_state"], vm["fault"]["step"]) == ("stopped", None,
+                                                                      "Snapshot")
+    assert h.images() == []
+    shelve = h.ok("actions", "vm1", "--json").json()[-1]
+    failed = [e for e in shelve["events"] if e["result"] == "Error"]
+    assert shelve["result"] == "Error" and failed[0]["event"] == "Snapshot"
+    assert "failpoint" in failed[0]["details"]
+
+
+def test_spawn_fails_back_to_offloaded_with_image_kept(harness_factory: Any,
+                                                      hosts: Any) -> None:
+    offloaded_vm(harness_factory, hosts)
+    h = restart_with(harness_factory, hosts, "before:Spawn=error")
+    assert h.shelf("unshelve", "vm1", *WAIT).code == 1
+    vm = h.show("vm1")
+    assert (vm["vm_state"], vm["host"], vm["task_state"]) == ("shelved_offloaded", None, None)
+    assert vm["shelved_image_id"] and len(h.images()) == 1
+    assert h.hosts()["h1"]["memory_mb_used"] == 0  # the claim was released
+    assert h.driver("h1").dhcp_hosts() == {}
+
+
+def test_missing_image_at_unshelve_is_an_error(harness_factory: Any, hosts: Any,
+                                               tmp_path: Path) -> None:
+    h = offloaded_vm(harness_factory, hosts)
+    image_id = h.show("vm1")["shelved_image_id"]
+    DirectoryImageStore(tmp_path / "data" / "images").delete(image_id)
+    h = restart_with(harness_factory, hosts, "")
+    assert h.shelf("unshelve", "vm1", *WAIT).code == 1
+    vm = h.show("vm1")
+    assert vm["vm_state"] == "error"
+    assert vm["fault"]["message"] == (
+        f"Unshelve attempted but the image {image_id} cannot be found."
+    )
+    assert h.hosts()["h1"]["memory_mb_used"] == 0

@@ -125,7 +125,7 @@ class LifecycleService:
         instance = resolve_instance(self.repo, ref)
         if host is not None:
             resolve_host(self.repo, host)
-        _apply_request(instance, action, user, request_id, host)
+        apply_request(instance, action, user, request_id, host)
         try:
             self.repo.save(instance)
         except RecordConflict:
@@ -135,7 +135,7 @@ class LifecycleService:
         return instance
 
 
-def _apply_request(
+def apply_request(
     instance: Instance, action: str, user: str, request_id: str, host: str | None
 ) -> None:
     if action == "shelve":

@@ -23,6 +23,7 @@ from domain.errors import NoRoom
 from domain.host import Host
 from domain.instance import Instance
 from domain.process_manager import ProcessManager, Settings
+from domain.service import apply_request  # the service's own dispatch, not a copy
 
 USER = "alice"
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -70,20 +71,6 @@ def make_host(name: str, vcpus: int = 8, memory_mb: int = 8192, disk_gb: int = 1
     return host
 
 
-def apply_request(
-    inst: Instance, action: str, user: str, request_id: str, host: str | None = None
-) -> None:
-    """The requests of lifecycle.md's table, by their Nova action names."""
-    if action == "shelve":
-        inst.request_shelve(user, request_id)
-    elif action == "shelveOffload":
-        inst.request_shelve_offload(user, request_id)
-    elif action == "unshelve":
-        inst.request_unshelve(user, request_id, host)
-    elif action == "delete":
-        inst.request_delete(user, request_id)
-    else:
-        inst.request_power(action, user, request_id)
 
 
 @dataclass

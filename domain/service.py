@@ -136,7 +136,7 @@ class LifecycleService:
 
 
 def apply_request(
-    instance: Instance, action: str, user: str, request_id: str, host: str | None
+    instance: Instance, action: str, user: str, request_id: str, host: str | None = None
 ) -> None:
     if action == "shelve":
         instance.request_shelve(user, request_id)

@@ -1,7 +1,9 @@
 """`reconcile`: what the store says against what every host and the image store have.
 
 Instances with a task in flight are not judged (their steps are between states); their
-belongings are not reported as leaks either.
+belongings are not reported as leaks either. A libvirtd may be shared (other tools' domains,
+another shelf store, several shelf hosts on one daemon): only domains and DHCP entries whose
+instance id or MAC this store issued are judged, so `--fix` never touches what is not ours.
 """
 
 from __future__ import annotations
@@ -45,15 +47,34 @@ def reconcile(
                          if x),
     )
     settled = [i for i in live if i.is_idle]
+    ours = Issued(ids=frozenset(str(i.id) for i in instances),
+                  macs=frozenset(i.mac for i in instances))
+    host_list = list(hosts)
     found: list[Difference] = []
-    for host in hosts:
-        found += _host_differences(host, settled, busy, drivers)
+    for host in host_list:
+        neighbours = {h.name for h in host_list if h.uri == host.uri and h.name != host.name}
+        found += _host_differences(host, settled, _Judged(busy, ours, neighbours), drivers)
     found += _image_differences(settled, busy, images.list(), partial_images)
     return found
 
 
+@dataclass(frozen=True)
+class Issued:
+    """Every instance id and MAC this store ever handed out, deleted instances included."""
+
+    ids: frozenset[str]
+    macs: frozenset[str]
+
+
+@dataclass(frozen=True)
+class _Judged:
+    busy: InFlight
+    ours: Issued
+    neighbours: set[str]  # other shelf hosts on the same libvirt URI
+
+
 def _host_differences(
-    host: Host, settled: list[Instance], busy: InFlight, drivers: HostDrivers
+    host: Host, settled: list[Instance], judged: _Judged, drivers: HostDrivers
 ) -> list[Difference]:
     name = host.name
     try:
@@ -61,15 +82,20 @@ def _host_differences(
         domains, disks, dhcp = set(driver.domains()), set(driver.disks()), driver.dhcp_hosts()
     except (HypervisorError, KeyError) as error:
         return [Difference("unreachable-host", name, name, str(error))]
+    on_neighbours = [i for i in settled if i.host in judged.neighbours]
+    domains = (domains & judged.ours.ids) - {str(i.id) for i in on_neighbours}
+    macs = (set(dhcp) & judged.ours.macs) - {
+        i.mac for i in settled if i.network_host in judged.neighbours}
     want_domains = {str(i.id) for i in settled if i.host == name}
     want_disks = {str(i.id) for i in settled if i.host == name and not i.volume_backed}
     want_dhcp = {i.mac for i in settled if i.network_host == name}
     want_claims = {str(i.id) for i in settled if i.claim_host == name}
     claims = set(host.claims)
+    busy = judged.busy
     return (
         _set_differences("domain", name, want_domains, domains - busy.ids, domains)
         + _set_differences("disk", name, want_disks, disks - busy.ids, disks)
-        + _set_differences("dhcp-entry", name, want_dhcp, set(dhcp) - busy.macs, set(dhcp))
+        + _set_differences("dhcp-entry", name, want_dhcp, macs - busy.macs, set(dhcp))
         + _set_differences("claim", name, want_claims, claims - busy.ids, claims)
     )
 

@@ -1,0 +1,105 @@
+"""`reconcile [--fix]` finds each kind of difference on a real (test-driver) libvirt host,
+fixes only leaks that this store owns, and leaves what is not ours alone."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import uuid
+from contextlib import redirect_stdout
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.images import DirectoryImageStore
+from adapters.libvirt_host import LibvirtHosts
+from cli.bootstrap import Context
+from cli.commands import reconcile_command
+from domain.ports import DomainSpec
+
+WAIT = ("--wait", "--timeout", "60")
+
+
+@pytest.fixture
+def hosts(store_url: str, tmp_path: Path) -> Any:
+    lookup = Context(store_url, "shelf", tmp_path / "data")
+    shared = LibvirtHosts(lookup.host_uri, tmp_path / "data")
+    yield shared
+    shared.close()
+    lookup.close()
+
+
+def run_reconcile(store_url: str, tmp_path: Path, hosts: Any, fix: bool) -> tuple[int, Any]:
+    ctx = Context(store_url, "operator", tmp_path / "data", hosts=hosts)
+    out = io.StringIO()
+    try:
+        with redirect_stdout(out):
+            code = reconcile_command(ctx, argparse.Namespace(fix=fix, json=not fix))
+    finally:
+        ctx.app.close()
+        ctx.db.close()
+    return code, (json.loads(out.getvalue()) if not fix else out.getvalue())
+
+
+def spec_of(vm: dict[str, Any], **changes: Any) -> DomainSpec:
+    fields = {"instance_id": vm["id"], "name": vm["name"], "vcpus": vm["vcpus"],
+              "memory_mb": vm["memory_mb"], "disk_gb": vm["disk_gb"], "mac": vm["mac"],
+              "ip": vm["ip"]}
+    return DomainSpec(**(fields | changes))
+
+
+def kinds(rows: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    return {(row["kind"], row["subject"]) for row in rows}
+
+
+def test_reconcile_reports_each_difference_and_fixes_only_our_leaks(
+    harness_factory: Any, hosts: Any, store_url: str, tmp_path: Path
+) -> None:
+    h = harness_factory(hosts=hosts)
+    h.add_host("h1")
+    for name in ("vm1", "vm2", "vm3"):
+        h.ok("boot", name, "--host", "h1", "--vcpus", "1", "--memory-mb", "256",
+             "--disk-gb", "1", *WAIT)
+    h.ok("shelve", "vm3", *WAIT)
+    assert run_reconcile(store_url, tmp_path, hosts, fix=False) == (0, [])
+
+    vm1, vm2, vm3 = h.show("vm1"), h.show("vm2"), h.show("vm3")
+    h.ok("delete", "vm2", *WAIT)
+    driver = h.driver("h1")
+    driver.create_disk(spec_of(vm2), None)          # leaks of a deleted instance of ours
+    driver.define_and_start(spec_of(vm2))
+    driver.add_dhcp_host(vm2["mac"], vm2["ip"], "vm2")
+    driver.delete_disk(vm1["id"])                   # vm1 lost its disk
+    images = DirectoryImageStore(tmp_path / "data" / "images")
+    image_path = images.path_for(vm3["shelved_image_id"])
+    leaked_id = str(uuid.uuid4())
+    images.path_for(leaked_id).write_bytes(b"a snapshot nobody recorded")
+    leaked = images.commit(leaked_id, "vm2-shelved", vm2["id"])
+    assert leaked.id and image_path.exists()
+    theirs = tmp_path / "theirs.img"                 # another store's domain on this daemon
+    foreign = spec_of(vm2, instance_id=str(uuid.uuid4()), name="theirs",
+                      mac="52:54:00:aa:bb:cc", ip="10.213.250.250", volume_path=str(theirs))
+    driver.create_volume(theirs, 1, None)
+    driver.define_and_start(foreign)
+    driver.add_dhcp_host(foreign.mac, foreign.ip, "theirs")
+
+    code, rows = run_reconcile(store_url, tmp_path, hosts, fix=False)
+    assert code == 1
+    assert kinds(rows) == {
+        ("orphan-domain", vm2["id"]), ("orphan-dhcp-entry", vm2["mac"]),
+        ("orphan-disk", vm2["id"]), ("missing-disk", vm1["id"]),
+        ("leaked-image", leaked.id),
+    }
+
+    code, printed = run_reconcile(store_url, tmp_path, hosts, fix=True)
+    assert code == 1  # the missing disk cannot be fixed by removing anything
+    assert "fixed orphan-domain" in printed and "missing-disk" in printed
+    assert run_reconcile(store_url, tmp_path, hosts, fix=False)[1] == [
+        {"kind": "missing-disk", "host": "h1", "subject": vm1["id"],
+         "detail": "the store expects this disk on h1", "fixable": False}]
+    assert vm2["id"] not in driver.domains() and vm2["mac"] not in driver.dhcp_hosts()
+    assert foreign.instance_id in driver.domains()  # not ours: untouched
+    assert foreign.mac in driver.dhcp_hosts()
+    assert [i.id for i in images.list()] == [vm3["shelved_image_id"]]

@@ -19,7 +19,7 @@ from eventsourcing.persistence import IntegrityError
 
 from domain.errors import UsageError
 from domain.host import Host
-from domain.registry import AddressPool
+from domain.registry import AddressBlock
 from domain.service import RecordConflict
 
 DEFAULT_STORE = "sqlite:///./shelf.db"
@@ -92,7 +92,7 @@ class ShelfApplication(Application[uuid.UUID]):
     """The event store of every aggregate. Hot aggregates are snapshotted."""
 
     name = "shelf"
-    snapshotting_intervals: ClassVar[dict[type[Any], int]] = {Host: 50, AddressPool: 50}
+    snapshotting_intervals: ClassVar[dict[type[Any], int]] = {Host: 50, AddressBlock: 50}
 
 
 class EventStoreRepository:

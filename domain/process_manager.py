@@ -23,7 +23,7 @@ from domain.errors import NoRoom
 from domain.host import Host, host_id_for
 from domain.instance import Instance
 from domain.ports import DomainSpec, HostDrivers, HypervisorError, ImageNotFound, ImageStore
-from domain.registry import POOL_ID, AddressPool, NameIndex, name_index_id
+from domain.registry import AddressBlock, NameIndex, address_block_id, block_of, name_index_id
 from domain.service import RecordConflict, Repository, all_hosts, find
 
 MAX_STEPS_PER_DRIVE = 64
@@ -371,7 +371,7 @@ class ProcessManager:
             return
         # The name and the address are free again, in the same transaction as `Deleted`.
         index = find(self.repo, name_index_id(instance.name), NameIndex)
-        pool = find(self.repo, POOL_ID, AddressPool)
+        pool = find(self.repo, address_block_id(block_of(instance.ip)), AddressBlock)
         if index is not None:
             index.free(str(instance.id))
         if pool is not None:

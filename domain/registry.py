@@ -15,7 +15,6 @@ from eventsourcing.domain import Aggregate, event
 from domain.errors import Conflict, NoRoom
 
 NAME_NAMESPACE = uuid.UUID("5d7d3f0a-2c4e-4c8b-8f5e-0e9d8c7b6a51")
-POOL_ID = uuid.UUID("c3b0f1e2-7d4a-4b6c-9e8f-1a2b3c4d5e6f")
 
 # The shelf network every host defines (see adapters/libvirt_host.py).
 NETWORK = ipaddress.ip_network("10.213.0.0/16")
@@ -62,27 +61,48 @@ def mac_for(ip: str) -> str:
     return "52:54:00:" + ":".join(f"{byte:02x}" for byte in packed[1:])
 
 
-class AddressPool(Aggregate):
-    """Fixed IPs of the shelf network; an instance keeps its address across unshelves."""
+BLOCKS = 256  # the /16 in /24 blocks: one small aggregate each, so none grows with the fleet
+BLOCK_NAMESPACE = uuid.UUID("c3b0f1e2-7d4a-4b6c-9e8f-1a2b3c4d5e6f")
+_RESERVED = frozenset({NETWORK.network_address, GATEWAY, NETWORK.broadcast_address})
+
+
+def address_block_id(block: int) -> uuid.UUID:
+    return uuid.uuid5(BLOCK_NAMESPACE, f"block-{block}")
+
+
+def block_of(ip: str) -> int:
+    return ipaddress.ip_address(ip).packed[2]
+
+
+def first_block_for(instance_id: uuid.UUID) -> int:
+    """Where an instance starts looking: spread out, so concurrent boots rarely collide."""
+    return instance_id.int % BLOCKS
+
+
+class AddressBlock(Aggregate):
+    """The fixed IPs of one /24 of the shelf network; an instance keeps its address across
+    unshelves. Saved with the instance it serves (optimistic concurrency on its version)."""
 
     @staticmethod
-    def create_id(**_: Any) -> uuid.UUID:
-        return POOL_ID
+    def create_id(block: int, **_: Any) -> uuid.UUID:
+        return address_block_id(block)
 
-    @event("AddressPoolCreated")
-    def __init__(self) -> None:
+    @event("AddressBlockCreated")
+    def __init__(self, block: int) -> None:
+        self.block = block
         self.allocated: dict[str, str] = {}  # ip -> instance id
-        self.next_index = 2  # .0 is the network, .1 the gateway
+        self.next_index = 0
 
-    def allocate(self, instance_id: str) -> str:
-        hosts = NETWORK.num_addresses - 1
-        for offset in range(hosts - 2):
-            index = 2 + (self.next_index - 2 + offset) % (hosts - 2)
-            ip = str(NETWORK[index])
-            if ip not in self.allocated:
+    def allocate(self, instance_id: str) -> str | None:
+        """A free address of this block for the instance, or None when the block is full."""
+        for offset in range(256):
+            index = (self.next_index + offset) % 256
+            address = NETWORK[self.block * 256 + index]
+            ip = str(address)
+            if address not in _RESERVED and ip not in self.allocated:
                 self._allocated(ip=ip, instance_id=instance_id, index=index)
                 return ip
-        raise NoRoom(f"no free address left in {NETWORK}")
+        return None
 
     @event("AddressAllocated")
     def _allocated(self, ip: str, instance_id: str, index: int) -> None:
@@ -96,3 +116,7 @@ class AddressPool(Aggregate):
     @event("AddressReleased")
     def _released(self, ip: str, instance_id: str) -> None:
         del self.allocated[ip]
+
+
+def no_free_address() -> NoRoom:
+    return NoRoom(f"no free address left in {NETWORK}")

@@ -12,7 +12,16 @@ from typing import Any, Protocol, TypeVar
 from domain.errors import Conflict, NotFound, UsageError
 from domain.host import CATALOG_ID, Host, HostCatalog, host_id_for
 from domain.instance import Instance
-from domain.registry import POOL_ID, AddressPool, NameIndex, mac_for, name_index_id
+from domain.registry import (
+    BLOCKS,
+    AddressBlock,
+    NameIndex,
+    address_block_id,
+    first_block_for,
+    mac_for,
+    name_index_id,
+    no_free_address,
+)
 
 A = TypeVar("A")
 SAVE_ATTEMPTS = 5
@@ -100,9 +109,8 @@ class LifecycleService:
             raise UsageError("an instance name can't be a UUID (it would shadow instance ids)")
         for _ in range(SAVE_ATTEMPTS):  # a lost race is retried; the last loss is a Conflict
             index = find(self.repo, name_index_id(name), NameIndex)
-            pool = find(self.repo, POOL_ID, AddressPool) or AddressPool()
             instance_id = uuid.uuid4()
-            ip = pool.allocate(str(instance_id))
+            block, ip = self._allocate_address(instance_id)
             instance = Instance(
                 id=instance_id, name=name, host=host, vcpus=vcpus, memory_mb=memory_mb,
                 disk_gb=disk_gb, image_id=image_id, volume_backed=volume_backed, ip=ip,
@@ -113,11 +121,22 @@ class LifecycleService:
             else:
                 index.take(str(instance_id))
             try:
-                self.repo.save(instance, index, pool)
+                self.repo.save(instance, index, block)
                 return instance
             except RecordConflict:
                 continue
         raise Conflict(f"boot of {name} lost {SAVE_ATTEMPTS} races for its name or address")
+
+    def _allocate_address(self, instance_id: uuid.UUID) -> tuple[AddressBlock, str]:
+        first = first_block_for(instance_id)
+        for offset in range(BLOCKS):
+            number = (first + offset) % BLOCKS
+            block = find(self.repo, address_block_id(number), AddressBlock)
+            block = block or AddressBlock(block=number)
+            ip = block.allocate(str(instance_id))
+            if ip is not None:
+                return block, ip
+        raise no_free_address()
 
     def request(self, action: str, ref: str, user: str, request_id: str,
                 host: str | None = None) -> Instance:

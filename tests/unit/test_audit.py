@@ -13,7 +13,7 @@ from domain import plans
 from domain import states as s
 from domain.errors import Conflict, NoRoom
 from domain.host import HostCatalog
-from domain.registry import GATEWAY, NETWORK, AddressPool, NameIndex, mac_for
+from domain.registry import GATEWAY, NETWORK, AddressBlock, NameIndex, mac_for
 from projections.audit import actions_from_history, event_record
 from tests.unit.test_plans import USER, Life, life_in, make_host
 
@@ -231,9 +231,12 @@ def test_name_index_refuses_a_taken_name_and_allows_it_after_free() -> None:
     assert index.instance_id == "i2"
 
 
-def test_address_pool_gives_unique_addresses_in_the_network() -> None:
-    pool = AddressPool()
-    ips = [pool.allocate(f"i{n}") for n in range(600)]
+def test_address_blocks_give_unique_addresses_in_the_network() -> None:
+    ips = []
+    for block in (AddressBlock(block=0), AddressBlock(block=7), AddressBlock(block=255)):
+        while (ip := block.allocate("i")) is not None:
+            ips.append(ip)
+    assert len(ips) == 3 * 256 - 3  # all but the network, the gateway and the broadcast
     assert len(set(ips)) == len(ips)
     for ip in ips:
         address = ipaddress.ip_address(ip)
@@ -242,7 +245,7 @@ def test_address_pool_gives_unique_addresses_in_the_network() -> None:
 
 
 def test_address_pool_never_hands_out_an_address_in_use() -> None:
-    pool = AddressPool()
+    pool = AddressBlock(block=3)
     first = [pool.allocate(f"i{n}") for n in range(5)]
     pool.release(first[2], "i2")
     pool.release(first[3], "someone-else")  # not the holder: stays allocated

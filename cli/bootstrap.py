@@ -22,7 +22,7 @@ from domain.ports import HostDrivers
 from domain.process_manager import Failpoints, ProcessManager, Settings
 from domain.service import LifecycleService, resolve_host
 from projections.db import Database
-from projections.runner import StateProjector
+from projections.runner import ProjectionRunner
 
 
 def default_data_dir() -> Path:
@@ -67,8 +67,8 @@ class Context:
         return Database(self.store)
 
     @cached_property
-    def projector(self) -> StateProjector:
-        return StateProjector(self.app, self.db)
+    def projector(self) -> ProjectionRunner:
+        return ProjectionRunner(self.app, self.db)
 
     @cached_property
     def images(self) -> DirectoryImageStore:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ from adapters.failpoints import EnvFailpoints
 from adapters.libvirt_host import open_host
 from cli import render
 from cli.bootstrap import Context
+from cli.times import parse_time
 from cli.waiting import wait_for_idle
 from cli.worker import Worker
 from domain.errors import NotFound, UsageError
@@ -21,12 +23,14 @@ from domain.instance import Instance
 from domain.process_manager import Settings
 from domain.reconcile import Difference, fix_leaks, reconcile
 from domain.service import all_hosts, find, new_request_id, resolve_host, resolve_instance
-from projections.audit import actions_from_history, event_record
-from projections.views import host_view, instance_from_row, instance_view
+from projections import queries
+from projections.views import instance_view
 
 INSTANCE_COLUMNS = ("id", "name", "status", "task_state", "power_state", "host")
 HOST_COLUMNS = ("name", "uri", "vcpus", "vcpus_used", "memory_mb", "memory_mb_used",
-                "disk_gb", "disk_gb_used", "instances")
+                "disk_gb", "disk_gb_used", "instances", "statuses")
+AUDIT_COLUMNS = ("position", "start_time", "action", "instance_name", "host", "user",
+                 "result", "finish_time", "request_id", "message")
 IMAGE_COLUMNS = ("id", "name", "format", "virtual_size", "size", "created_at")
 
 
@@ -50,7 +54,11 @@ def host_add(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def host_list(ctx: Context, args: argparse.Namespace) -> int:
-    hosts = [host_view(host) for host in all_hosts(ctx.repo)]
+    ctx.projector.catch_up()
+    if args.as_of:
+        hosts = queries.hosts_as_of(ctx.db, parse_time(args.as_of))
+    else:
+        hosts = queries.hosts(ctx.db)
     if args.json:
         render.print_json(hosts)
     else:
@@ -92,8 +100,7 @@ def instance_request(ctx: Context, args: argparse.Namespace) -> int:
 
 def list_instances(ctx: Context, args: argparse.Namespace) -> int:
     ctx.projector.catch_up()
-    rows = ctx.db.query("SELECT * FROM instances WHERE vm_state != 'deleted' ORDER BY created_at")
-    views = [instance_from_row(row) for row in rows]
+    views = queries.live_instances(ctx.db)
     if args.json:
         render.print_json(views)
     else:
@@ -102,7 +109,12 @@ def list_instances(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def show(ctx: Context, args: argparse.Namespace) -> int:
-    view = instance_view(resolve_instance(ctx.repo, args.instance))
+    found = resolve_instance(ctx.repo, args.instance)
+    if args.as_of:
+        view = _instance_as_of(ctx, found, parse_time(args.as_of))
+    else:
+        ctx.projector.catch_up()
+        view = queries.instance(ctx.db, str(found.id)) or instance_view(found)
     if args.json:
         render.print_json(view)
     else:
@@ -110,8 +122,19 @@ def show(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def _instance_as_of(ctx: Context, found: Instance, moment: str) -> dict[str, Any]:
+    """The instance as its own events up to `moment` leave it."""
+    ctx.projector.catch_up()
+    version = queries.version_at(ctx.db, str(found.id), moment)
+    if version is None:
+        raise NotFound(f"instance {found.id} did not exist at {moment}")
+    return instance_view(ctx.app.repository.get(found.id, version=version))
+
+
 def history(ctx: Context, args: argparse.Namespace) -> int:
-    records = _history_of(ctx, args.instance)
+    found = resolve_instance(ctx.repo, args.instance)
+    ctx.projector.catch_up()
+    records = queries.history(ctx.db, str(found.id))
     if args.json:
         render.print_json(records)
     else:
@@ -120,22 +143,56 @@ def history(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def actions(ctx: Context, args: argparse.Namespace) -> int:
-    found = actions_from_history(_history_of(ctx, args.instance))
+    found = resolve_instance(ctx.repo, args.instance)
+    ctx.projector.catch_up()
+    listed = queries.actions(ctx.db, str(found.id))
     if args.json:
-        render.print_json(found)
-        return 0
-    for action in found:
-        print(f"{action['start_time']}  {action['action']:<14} {action['result'] or 'Running':<8}"
-              f" {action['request_id']}  {action['user']}")
-        for step in action["events"]:
-            print(f"    {step['event']:<14} {step['result']:<8} {step['host'] or '-':<10}"
-                  f" {step['details'] or ''}")
+        render.print_json(listed)
+    else:
+        render.print_actions(listed)
     return 0
 
 
-def _history_of(ctx: Context, ref: str) -> list[dict[str, Any]]:
-    instance = resolve_instance(ctx.repo, ref)
-    return [event_record(event) for event in ctx.app.events.get(instance.id)]
+def audit(ctx: Context, args: argparse.Namespace) -> int:
+    instance_id = str(resolve_instance(ctx.repo, args.instance).id) if args.instance else None
+    if args.limit < 0:
+        raise UsageError(f"--limit must be 0 (no limit) or more, not {args.limit}")
+    wanted = queries.AuditFilter(
+        since=parse_time(args.since) if args.since else None,
+        until=parse_time(args.until) if args.until else None,
+        instance_id=instance_id, host=args.host, action=args.action, user=args.user,
+        result=args.result, after=args.after, limit=args.limit,
+    )
+    ctx.projector.catch_up()
+    page = queries.audit(ctx.db, wanted)
+    if args.events:
+        page = queries.with_events(ctx.db, page)
+    render.print_rows(page, AUDIT_COLUMNS, args.format)
+    if args.limit and len(page) == args.limit:
+        render.note(f"more actions follow: next page with --after {page[-1]['position']}")
+    return 0
+
+
+# ---- projections --------------------------------------------------------------------------
+
+def projections_rebuild(ctx: Context, args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    events = ctx.projector.rebuild(args.names)
+    seconds = time.monotonic() - started
+    rate = events / seconds if seconds > 0 else 0.0
+    print(f"rebuilt {', '.join(args.names) or 'all projections'}: {events} events "
+          f"in {seconds:.1f} s ({rate:,.0f} events/s)")
+    return 0
+
+
+def projections_status(ctx: Context, args: argparse.Namespace) -> int:
+    rows = [{"name": s.name, "position": s.position, "head": s.head, "lag": s.lag}
+            for s in ctx.projector.status()]
+    if args.json:
+        render.print_json(rows)
+    else:
+        render.print_table(rows, ("name", "position", "head", "lag"))
+    return 0
 
 
 # ---- images -------------------------------------------------------------------------------

@@ -39,6 +39,13 @@ def _json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 
+TIME_HELP = "ISO 8601 (UTC unless an offset is given) or relative: -30s, -15m, -2h, -3d, -1w"
+
+
+def _as_of_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--as-of", metavar="TIME", help=f"{what}; TIME is {TIME_HELP}")
+
+
 def _add_host_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     host = sub.add_parser("host", help="hypervisor hosts").add_subparsers(
         dest="host_command", required=True
@@ -51,6 +58,7 @@ def _add_host_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     add.set_defaults(func=commands.host_add)
     listing = host.add_parser("list", help="hosts with their capacity and usage")
     _json_option(listing)
+    _as_of_option(listing, "usage of every host at TIME")
     listing.set_defaults(func=commands.host_list)
 
 
@@ -81,6 +89,8 @@ def _add_instance_commands(sub: argparse._SubParsersAction[OneLineParser]) -> No
         parser = sub.add_parser(command, help=f"{command} of an instance")
         parser.add_argument("instance", help="instance id or name")
         _json_option(parser)
+        if command == "show":
+            _as_of_option(parser, "the instance as it was at TIME")
         parser.set_defaults(func=func)
 
 
@@ -95,6 +105,34 @@ def _add_image_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     listing = image.add_parser("list", help="images (shelved ones are <name>-shelved)")
     _json_option(listing)
     listing.set_defaults(func=commands.image_list)
+
+
+def _add_audit_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
+    audit = sub.add_parser("audit", help="instance actions across the fleet, filtered",
+                           epilog=f"TIME is {TIME_HELP}.")
+    audit.add_argument("--since", metavar="TIME", help="actions that started at or after")
+    audit.add_argument("--until", metavar="TIME", help="actions that started before")
+    audit.add_argument("--instance", help="instance id or name")
+    audit.add_argument("--host", help="host the action ran on")
+    audit.add_argument("--action", help="e.g. shelve, unshelve, delete")
+    audit.add_argument("--user", help="who asked")
+    audit.add_argument("--result", choices=("Success", "Error"))
+    audit.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    audit.add_argument("--events", action="store_true", help="include each action's events")
+    audit.add_argument("--limit", type=int, default=100,
+                       help="actions per page (100; 0 = all)")
+    audit.add_argument("--after", type=int, default=0, metavar="POSITION",
+                       help="the next page: actions after this position")
+    audit.set_defaults(func=commands.audit)
+    projections = sub.add_parser("projections", help="the read models").add_subparsers(
+        dest="projections_command", required=True)
+    rebuild = projections.add_parser("rebuild", help="empty and replay from the event store")
+    rebuild.add_argument("names", nargs="*", metavar="NAME",
+                         help="instances, host_usage or audit (default: all)")
+    rebuild.set_defaults(func=commands.projections_rebuild)
+    status = projections.add_parser("status", help="each projection's position and lag")
+    _json_option(status)
+    status.set_defaults(func=commands.projections_status)
 
 
 def _add_service_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
@@ -135,6 +173,7 @@ def build_parser() -> OneLineParser:
     _add_host_commands(sub)
     _add_instance_commands(sub)
     _add_image_commands(sub)
+    _add_audit_commands(sub)
     _add_service_commands(sub)
     return parser
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from collections.abc import Sequence
@@ -39,3 +40,30 @@ def _cell(value: Any) -> str:
     if isinstance(value, dict):
         return value.get("message") or json.dumps(value)
     return str(value)
+
+
+def print_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str) -> None:
+    """table for people, json or csv for machines."""
+    if fmt == "json":
+        print_json(list(rows))
+    elif fmt == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow(["" if row.get(c) is None else row.get(c) for c in columns])
+    else:
+        print_table(rows, columns)
+
+
+def print_actions(actions: Sequence[dict[str, Any]]) -> None:
+    for action in actions:
+        print(f"{action['start_time']}  {action['action']:<14} "
+              f"{action['result'] or 'Running':<8} {action['request_id']}  {action['user']}")
+        for step in action["events"]:
+            print(f"    {step['event']:<14} {step['result']:<8} {step['host'] or '-':<10}"
+                  f" {step['details'] or ''}")
+
+
+def note(message: str) -> None:
+    """A remark for the person at the terminal; never mixed into the printed data."""
+    print(f"shelf: {message}", file=sys.stderr)

@@ -10,6 +10,8 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from projections.base import utc_text
+
 # Stored event class -> the step it records.
 STEP_OF_EVENT = {
     "PoweredOff": "PowerOff", "PoweredOn": "PowerOn", "GuestPaused": "Pause",
@@ -53,7 +55,7 @@ def event_record(event: Any) -> dict[str, Any]:
     record: dict[str, Any] = {
         "event": type(event).__name__,
         "version": event.originator_version,
-        "timestamp": event.timestamp.isoformat(),
+        "timestamp": utc_text(event.timestamp),
         "user": getattr(event, "user", None),
         "request_id": getattr(event, "request_id", None),
     }
@@ -63,36 +65,51 @@ def event_record(event: Any) -> dict[str, Any]:
     return record
 
 
-def actions_from_history(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Group a history (oldest first) into actions, oldest first."""
+def actions_from_history(
+    history: list[dict[str, Any]], hosts: list[str | None] | None = None
+) -> list[dict[str, Any]]:
+    """Group a history (oldest first) into actions, oldest first. `hosts`, when given, is
+    the instance's host right after each record (the action's host when no step names one)."""
     actions: dict[str, dict[str, Any]] = {}
     previous_time: str | None = None
-    for record in history:
-        action = _action_for(actions, record)
-        step_event = _step_event(record, previous_time)
-        if step_event is not None:
-            action["events"].append(step_event)
-            if step_event["result"] == "Error":
-                action["result"] = "Error"
-                action["message"] = step_event["details"]
-        if record["event"] in CLOSING_EVENTS:
-            action["finish_time"] = record["timestamp"]
-            if action["result"] is None:
-                action["result"] = "Success"
+    for index, record in enumerate(history):
+        request_id = record["request_id"] or ""
+        if request_id not in actions:
+            actions[request_id] = new_action(record)
+        action = actions[request_id]
+        step = apply_record(action, record, previous_time, hosts[index] if hosts else None)
+        if step is not None:
+            action["events"].append(step)
         previous_time = record["timestamp"]
     return list(actions.values())
 
 
-def _action_for(actions: dict[str, dict[str, Any]], record: dict[str, Any]) -> dict[str, Any]:
-    request_id = record["request_id"] or ""
-    if request_id not in actions:
-        name = record.get("action") or ACTION_OF_REQUEST.get(record["event"], record["event"])
-        actions[request_id] = {
-            "action": name, "request_id": request_id, "user": record["user"],
-            "start_time": record["timestamp"], "finish_time": None, "result": None,
-            "message": None, "events": [],
-        }
-    return actions[request_id]
+def new_action(record: dict[str, Any]) -> dict[str, Any]:
+    """The action a record with an unseen request id opens."""
+    name = record.get("action") or ACTION_OF_REQUEST.get(record["event"], record["event"])
+    return {
+        "action": name, "request_id": record["request_id"] or "", "user": record["user"],
+        "host": None, "start_time": record["timestamp"], "finish_time": None,
+        "result": None, "message": None, "events": [],
+    }
+
+
+def apply_record(
+    action: dict[str, Any], record: dict[str, Any], previous_time: str | None,
+    instance_host: str | None,
+) -> dict[str, Any] | None:
+    """What one record does to its action; returns the step event it records, if any."""
+    step_event = _step_event(record, previous_time)
+    if step_event is not None and step_event["result"] == "Error":
+        action["result"] = "Error"
+        action["message"] = step_event["details"]
+    if record["event"] in CLOSING_EVENTS:
+        action["finish_time"] = record["timestamp"]
+        if action["result"] is None:
+            action["result"] = "Success"
+    if action["host"] is None:
+        action["host"] = (step_event or {}).get("host") or instance_host
+    return step_event
 
 
 def _step_event(record: dict[str, Any], started: str | None) -> dict[str, Any] | None:

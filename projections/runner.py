@@ -1,74 +1,71 @@
-"""Catch the read models up with the event store.
+"""Catch the projections up with the event store, rebuild them, report their lag.
 
-Each batch of notifications is applied and the tracking position written in one
-transaction, so a crash mid-batch leaves rows and position together at the old position:
-nothing is counted twice or skipped.
+Each projection has its own tracking position. Projections at the same position share one
+read and one decode of each batch, and write their rows and their new positions in one
+transaction, under a row lock on their tracking rows: a crash mid-batch leaves rows and
+positions together at the old position, and two processes can't both apply one batch.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from eventsourcing.application import Application
 
 from adapters.eventstore import SCHEMA_LOCK_KEY
+from domain.errors import UsageError
 from domain.host import Host
 from domain.instance import Instance
+from projections.audit_log import AuditProjection
+from projections.base import Change, Projection
 from projections.db import Database
-from projections.views import (
-    HOST_COLUMNS,
-    INSTANCE_COLUMNS,
-    host_view,
-    instance_row,
-    instance_view,
-)
+from projections.instances import InstancesProjection
+from projections.usage import HostUsageProjection
 
-BATCH = 500
-TRACKING = "state"
+BATCH = 1000
+FOLDED_TOPICS = (f"{Instance.__module__}:Instance.", f"{Host.__module__}:Host.")
 
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS projection_tracking (
-        name TEXT PRIMARY KEY, position BIGINT NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS instances (
-        id TEXT PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL, vm_state TEXT NOT NULL,
-        task_state TEXT, power_state TEXT NOT NULL, host TEXT, vcpus INTEGER NOT NULL,
-        memory_mb INTEGER NOT NULL, disk_gb INTEGER NOT NULL, volume_backed INTEGER NOT NULL,
-        image_id TEXT, ip TEXT, mac TEXT, shelved_at TEXT, shelved_image_id TEXT,
-        shelved_host TEXT, fault TEXT, action TEXT, request_id TEXT, "user" TEXT,
-        created_at TEXT, updated_at TEXT, version INTEGER NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS instances_name ON instances (name)",
-    "CREATE INDEX IF NOT EXISTS instances_task ON instances (task_state)",
-    "CREATE INDEX IF NOT EXISTS instances_vm_state ON instances (vm_state)",
-    """CREATE TABLE IF NOT EXISTS host_usage (
-        name TEXT PRIMARY KEY, uri TEXT NOT NULL, vcpus INTEGER NOT NULL,
-        memory_mb INTEGER NOT NULL, disk_gb INTEGER NOT NULL, vcpus_used INTEGER NOT NULL,
-        memory_mb_used INTEGER NOT NULL, disk_gb_used INTEGER NOT NULL,
-        instances INTEGER NOT NULL)""",
-)
-TABLES = ("instances", "host_usage")
+TRACKING_SCHEMA = """CREATE TABLE IF NOT EXISTS projection_tracking (
+    name TEXT PRIMARY KEY, position BIGINT NOT NULL)"""
 
 
-def _upsert(table: str, columns: tuple[str, ...], key: str) -> str:
-    quoted = [f'"{column}"' for column in columns]
-    updates = ", ".join(f"{q} = excluded.{q}" for q in quoted if q != f'"{key}"')
-    return (
-        f"INSERT INTO {table} ({', '.join(quoted)}) VALUES ({', '.join('?' * len(columns))}) "
-        f'ON CONFLICT ("{key}") DO UPDATE SET {updates}'
-    )
+def all_projections() -> list[Projection]:
+    return [InstancesProjection(), HostUsageProjection(), AuditProjection()]
 
 
-UPSERT_INSTANCE = _upsert("instances", INSTANCE_COLUMNS, "id")
-UPSERT_HOST = _upsert("host_usage", HOST_COLUMNS, "name")
+@dataclass(frozen=True)
+class Status:
+    name: str
+    position: int
+    head: int
+
+    @property
+    def lag(self) -> int:
+        return self.head - self.position
 
 
-class StateProjector:
-    """The `instances` and `host_usage` read models."""
+class Failpoint:
+    """Hook for tests: called inside the batch transaction after the rows are written."""
 
-    def __init__(self, app: Application[uuid.UUID], db: Database) -> None:
+    def hit(self, name: str) -> None:
+        return None
+
+
+class ProjectionRunner:
+    def __init__(self, app: Application[uuid.UUID], db: Database,
+                 projections: Sequence[Projection] | None = None,
+                 failpoint: Failpoint | None = None) -> None:
         self.app, self.db = app, db
+        self.projections = list(projections if projections is not None else all_projections())
+        self.failpoint = failpoint or Failpoint()
         self._aggregates: dict[uuid.UUID, Any] = {}
+        self._written: dict[str, int] = {}  # what this runner last wrote: its caches' basis
         self._schema_ready = False
+
+    # ---- schema and positions ---------------------------------------------------------
 
     def ensure_schema(self) -> None:
         if self._schema_ready:
@@ -76,85 +73,130 @@ class StateProjector:
         with self.db.transaction():
             if self.db.backend == "postgres":  # see SCHEMA_LOCK_KEY
                 self.db.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK_KEY,))
-            for statement in SCHEMA:
-                self.db.execute(statement)
-            self.db.execute(
-                "INSERT INTO projection_tracking (name, position) VALUES (?, 0) "
-                "ON CONFLICT (name) DO NOTHING", (TRACKING,),
-            )
+            self.db.execute(TRACKING_SCHEMA)
+            for projection in self.projections:
+                for statement in projection.schema:
+                    self.db.execute(statement)
+                self.db.execute("INSERT INTO projection_tracking (name, position) VALUES (?, 0) "
+                                "ON CONFLICT (name) DO NOTHING", (projection.name,))
         self._schema_ready = True
 
-    def position(self) -> int:
+    def positions(self) -> dict[str, int]:
         self.ensure_schema()
-        rows = self.db.query(
-            "SELECT position FROM projection_tracking WHERE name = ?", (TRACKING,)
-        )
-        return int(rows[0]["position"]) if rows else 0
+        rows = self.db.query("SELECT name, position FROM projection_tracking")
+        found = {row["name"]: int(row["position"]) for row in rows}
+        return {p.name: found.get(p.name, 0) for p in self.projections}
 
-    def catch_up(self) -> int:
-        """Apply every event recorded since the tracked position; return how many."""
+    def position(self) -> int:
+        """Where every projection has got to at least."""
+        return min(self.positions().values())
+
+    def status(self) -> list[Status]:
+        head = self.app.recorder.max_notification_id() or 0
+        return [Status(name, position, head) for name, position in self.positions().items()]
+
+    # ---- catching up ------------------------------------------------------------------
+
+    def catch_up(self, batch: int = BATCH) -> int:
+        """Apply every event recorded since each projection's position; return how many
+        events were applied (an event counts once however many projections took it)."""
         applied = 0
         while True:
-            start = self.position()
+            positions = self.positions()
+            start = min(positions.values())
+            group = [p for p in self.projections if positions[p.name] == start]
             notifications = self.app.recorder.select_notifications(
-                start, BATCH, inclusive_of_start=False
-            )
+                start, batch, inclusive_of_start=False)
             if not notifications:
                 return applied
-            if self._apply_batch(start, notifications):
+            if self._apply_batch(group, start, notifications):
                 applied += len(notifications)
 
-    def _apply_batch(self, start: int, notifications: Any) -> bool:
-        """Write the batch unless another process moved the position meanwhile."""
-        instances: dict[str, tuple[Any, ...]] = {}
-        hosts: dict[str, tuple[Any, ...]] = {}
-        for notification in notifications:
-            event = self.app.mapper.to_domain_event(notification)
-            state = self._state_after(event)
-            if isinstance(state, Instance):
-                instances[str(state.id)] = instance_row(instance_view(state))
-            elif isinstance(state, Host):
-                view = host_view(state)
-                hosts[view["name"]] = tuple(view[column] for column in HOST_COLUMNS)
-        with self.db.transaction():
-            if self._locked_position() != start:
+    def _apply_batch(self, group: list[Projection], start: int, notifications: Any) -> bool:
+        for projection in group:
+            if self._written.get(projection.name) != start:  # caches from another basis
+                projection.forget(empty=start == 0)
+        try:
+            for change in self._changes(notifications):
+                for projection in group:
+                    projection.observe(change)
+            end = notifications[-1].id
+            with self.db.transaction():
+                if self._locked_positions(group) != {p.name: start for p in group}:
+                    raise _Moved
+                for projection in group:
+                    projection.write(self.db)
+                self.failpoint.hit("projection-batch")
+                self.db.executemany("UPDATE projection_tracking SET position = ? WHERE name = ?",
+                                    [(end, p.name) for p in group])
+        except BaseException as error:
+            for projection in group:
+                projection.forget()
+                self._written.pop(projection.name, None)
+            if isinstance(error, _Moved):  # another process applied it: read again
                 return False
-            self.db.executemany(UPSERT_INSTANCE, list(instances.values()))
-            self.db.executemany(UPSERT_HOST, list(hosts.values()))
-            self.db.execute(
-                "UPDATE projection_tracking SET position = ? WHERE name = ?",
-                (notifications[-1].id, TRACKING),
-            )
+            raise
+        self._written.update((p.name, end) for p in group)
         return True
 
-    def _locked_position(self) -> int:
+    def _locked_positions(self, group: Iterable[Projection]) -> dict[str, int]:
         lock = " FOR UPDATE" if self.db.backend == "postgres" else ""  # SQLite: BEGIN IMMEDIATE
+        names = [p.name for p in group]
         rows = self.db.query(
-            f"SELECT position FROM projection_tracking WHERE name = ?{lock}", (TRACKING,)
-        )
-        return int(rows[0]["position"])
+            f"SELECT name, position FROM projection_tracking "
+            f"WHERE name IN ({', '.join('?' * len(names))}){lock}", names)
+        return {row["name"]: int(row["position"]) for row in rows}
 
-    def _state_after(self, event: Any) -> Any:
-        """The aggregate as it was right after `event` (cached; exact by version)."""
+    def _changes(self, notifications: Any) -> Iterable[Change]:
+        for notification in notifications:
+            if not notification.topic.startswith(FOLDED_TOPICS):
+                continue  # names, addresses, the host catalog: no projection reads them
+            event = self.app.mapper.to_domain_event(notification)
+            previous, state = self._fold(event)
+            yield Change(notification.id, event, state, previous)
+
+    def _fold(self, event: Any) -> tuple[Any, Any]:
+        """(when the aggregate was last changed before `event`, the aggregate after it)."""
+        version = event.originator_version
         cached = self._aggregates.get(event.originator_id)
-        if event.originator_version == 1:
-            state = event.mutate(None)
-        elif cached is not None and cached.version == event.originator_version - 1:
+        if version == 1:
+            previous, state = None, event.mutate(None)
+        elif cached is not None and cached.version == version - 1:
+            previous = cached.modified_on
             state = event.mutate(cached)
         else:
-            state = self.app.repository.get(
-                event.originator_id, version=event.originator_version
-            )
+            before: Any = self.app.repository.get(event.originator_id, version=version - 1)
+            previous, state = before.modified_on, event.mutate(before)
         if isinstance(state, Instance | Host):
             self._aggregates[event.originator_id] = state
-        return state
+        return previous, state
 
-    def rebuild(self) -> int:
+    # ---- rebuilding -------------------------------------------------------------------
+
+    def rebuild(self, names: Sequence[str] = ()) -> int:
+        """Empty the named projections (all when none named) and replay every event."""
+        chosen = self._chosen(names)
         self.ensure_schema()
         with self.db.transaction():
-            for table in TABLES:
-                self.db.execute(f"DELETE FROM {table}")
-            self.db.execute("UPDATE projection_tracking SET position = 0 WHERE name = ?",
-                            (TRACKING,))
+            for projection in chosen:
+                for table in projection.tables:
+                    self.db.execute(f"DELETE FROM {table}")
+            self.db.executemany("UPDATE projection_tracking SET position = 0 WHERE name = ?",
+                                [(p.name,) for p in chosen])
+        for projection in chosen:
+            projection.forget(empty=True)
+            self._written[projection.name] = 0
         self._aggregates.clear()
-        return self.catch_up()
+        return self.catch_up(batch=5 * BATCH)
+
+    def _chosen(self, names: Sequence[str]) -> list[Projection]:
+        known = {p.name: p for p in self.projections}
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise UsageError(f"no such projection: {', '.join(unknown)} "
+                             f"(there are: {', '.join(known)})")
+        return [known[name] for name in names] if names else list(self.projections)
+
+
+class _Moved(Exception):
+    """Another process moved a position while this batch was being prepared."""

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from typing import Any
 
 from domain.host import Host
 from domain.instance import Instance
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
+from projections.base import utc_text as _iso
 
 
 def instance_view(instance: Instance) -> dict[str, Any]:

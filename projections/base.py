@@ -1,0 +1,57 @@
+"""What every projection is: SQL tables fed with the stored events, in order.
+
+The runner decodes each stored event once and shows every projection the same `Change`s,
+one at a time, while the aggregate is as the event left it (`observe` takes what it needs
+then: the aggregate object moves on with the next event). Then `write` puts the rows in the
+runner's transaction, which also moves the projection's tracking position, so rows and
+position can never disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from projections.db import Database
+
+
+@dataclass(frozen=True)
+class Change:
+    """One stored event with the aggregate as it stood right after it."""
+
+    position: int  # the event's notification id: its place in the whole store
+    event: Any
+    state: Any
+    previous_time: datetime | None  # when the aggregate's previous event was recorded
+
+
+class Projection(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def schema(self) -> tuple[str, ...]:
+        """CREATE statements, idempotent."""
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """What a rebuild empties."""
+
+    def observe(self, change: Change) -> None:
+        """Take what this projection needs from one change; no database work here."""
+
+    def write(self, db: Database) -> None:
+        """Write what was observed since the last write (inside the runner's transaction)."""
+
+    def forget(self, empty: bool = False) -> None:
+        """Drop what was observed and what is cached from the tables: the batch was not
+        written, or another writer may have changed the tables meanwhile. `empty`: the
+        tables are known to be empty, so a row not cached is a row that doesn't exist."""
+
+
+def utc_text(moment: datetime | None) -> str | None:
+    """One fixed-width UTC form, so that timestamps compare correctly as text in SQL."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")

@@ -1,0 +1,58 @@
+"""The `instances` projection: every instance's current state, as `show --json` prints it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from domain.instance import Instance
+from projections.base import Change
+from projections.db import Database
+from projections.views import INSTANCE_COLUMNS, instance_row, instance_view
+
+
+def upsert(table: str, columns: Sequence[str], *keys: str) -> str:
+    """INSERT ... ON CONFLICT DO UPDATE, which SQLite and PostgreSQL both understand."""
+    quoted = [f'"{column}"' for column in columns]
+    key_list = ", ".join(f'"{key}"' for key in keys)
+    updates = ", ".join(f"{q} = excluded.{q}" for q, c in zip(quoted, columns, strict=True)
+                        if c not in keys)
+    return (
+        f"INSERT INTO {table} ({', '.join(quoted)}) VALUES ({', '.join('?' * len(columns))}) "
+        f"ON CONFLICT ({key_list}) DO UPDATE SET {updates}"
+    )
+
+
+class InstancesProjection:
+    name = "instances"
+    tables = ("instances",)
+    schema = (
+        """CREATE TABLE IF NOT EXISTS instances (
+            id TEXT PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL,
+            vm_state TEXT NOT NULL, task_state TEXT, power_state TEXT NOT NULL, host TEXT,
+            vcpus INTEGER NOT NULL, memory_mb INTEGER NOT NULL, disk_gb INTEGER NOT NULL,
+            volume_backed INTEGER NOT NULL, image_id TEXT, ip TEXT, mac TEXT,
+            shelved_at TEXT, shelved_image_id TEXT, shelved_host TEXT, fault TEXT,
+            action TEXT, request_id TEXT, "user" TEXT, created_at TEXT, updated_at TEXT,
+            version INTEGER NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS instances_name ON instances (name)",
+        "CREATE INDEX IF NOT EXISTS instances_task ON instances (task_state)",
+        "CREATE INDEX IF NOT EXISTS instances_vm_state ON instances (vm_state)",
+        "CREATE INDEX IF NOT EXISTS instances_created ON instances (created_at)",
+    )
+    _upsert = upsert("instances", INSTANCE_COLUMNS, "id")
+
+    def __init__(self) -> None:
+        self._latest: dict[str, Instance] = {}  # one write per instance per batch
+
+    def observe(self, change: Change) -> None:
+        if isinstance(change.state, Instance):
+            self._latest[str(change.state.id)] = change.state
+
+    def write(self, db: Database) -> None:
+        # The last state of the batch is the one written, so the live object will do.
+        rows = [instance_row(instance_view(state)) for state in self._latest.values()]
+        db.executemany(self._upsert, rows)
+        self._latest.clear()
+
+    def forget(self, empty: bool = False) -> None:
+        self._latest.clear()

@@ -2,7 +2,9 @@
 
 SHELF_FAILPOINTS="before:Snapshot=crash,after:Spawn=error". `crash` ends the process at
 once with status 137, as if killed -9, flushing nothing; `error` raises as if the
-hypervisor had failed. With none set, a check costs one dict lookup.
+hypervisor had failed. With none set, a check costs one dict lookup. Besides the steps'
+before:/after: points there is `projection:batch`, inside a projection batch's transaction
+after its rows are written and before its position is.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from domain.plans import HYPERVISOR_STEPS
 from domain.ports import HypervisorError
 
 ACTIONS = ("crash", "error")
+OTHER_POINTS = ("projection:batch",)
 KILLED_STATUS = 137
 
 
@@ -26,10 +29,12 @@ def parse_failpoints(spec: str) -> dict[str, str]:
     for item in filter(None, (part.strip() for part in spec.split(","))):
         name, _, action = item.partition("=")
         when, _, step = name.partition(":")
-        if when not in ("before", "after") or step not in HYPERVISOR_STEPS:
+        if name not in OTHER_POINTS and (
+            when not in ("before", "after") or step not in HYPERVISOR_STEPS
+        ):
             raise UsageError(
                 f"bad failpoint {name!r}: use before:STEP or after:STEP with STEP one of "
-                + ", ".join(HYPERVISOR_STEPS)
+                + ", ".join(HYPERVISOR_STEPS) + ", or " + ", ".join(OTHER_POINTS)
             )
         if action not in ACTIONS:
             raise UsageError(f"bad failpoint action {action!r} for {name}: use crash or error")

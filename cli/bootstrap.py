@@ -14,6 +14,7 @@ from adapters.eventstore import (
     open_application,
     parse_store_url,
 )
+from adapters.failpoints import EnvFailpoints
 from adapters.images import DirectoryImageStore
 from adapters.libvirt_host import LibvirtHosts
 from adapters.volumes import DirectoryVolumeStore
@@ -68,7 +69,9 @@ class Context:
 
     @cached_property
     def projector(self) -> ProjectionRunner:
-        return ProjectionRunner(self.app, self.db)
+        failpoints = os.environ.get("SHELF_FAILPOINTS")
+        return ProjectionRunner(self.app, self.db,
+                                failpoint=EnvFailpoints(failpoints) if failpoints else None)
 
     @cached_property
     def images(self) -> DirectoryImageStore:

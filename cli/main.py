@@ -178,9 +178,24 @@ def build_parser() -> OneLineParser:
     return parser
 
 
+TIME_OPTIONS = ("--as-of", "--since", "--until")
+
+
+def _glue_relative_times(argv: Sequence[str]) -> list[str]:
+    """`--as-of -2h` reads as an option named -2h to argparse; make it `--as-of=-2h`."""
+    glued: list[str] = []
+    for arg in argv:
+        if glued and glued[-1] in TIME_OPTIONS and arg.startswith("-"):
+            glued[-1] = f"{glued[-1]}={arg}"
+        else:
+            glued.append(arg)
+    return glued
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(
+            _glue_relative_times(sys.argv[1:] if argv is None else argv))
     except SystemExit as stop:  # usage errors and --help: argparse already printed
         return stop.code if isinstance(stop.code, int) else 2
     configure_logging(os.environ.get("SHELF_LOG_LEVEL")

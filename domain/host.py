@@ -35,12 +35,12 @@ class Host(Aggregate):
         self.name, self.uri = name, uri
         self.vcpus, self.memory_mb, self.disk_gb = vcpus, memory_mb, disk_gb
         self.claims: dict[str, dict[str, int]] = {}
+        # The sum of the claims, kept as they come and go: a host with thousands of
+        # claims must not re-add them all for every event (projections read it per event).
+        self.in_use: dict[str, int] = {"vcpus": 0, "memory_mb": 0, "disk_gb": 0}
 
     def used(self) -> dict[str, int]:
-        return {
-            key: sum(claim[key] for claim in self.claims.values())
-            for key in ("vcpus", "memory_mb", "disk_gb")
-        }
+        return dict(self.in_use)
 
     def free(self) -> dict[str, int]:
         used = self.used()
@@ -80,6 +80,8 @@ class Host(Aggregate):
         user: str, request_id: str,
     ) -> None:
         self.claims[instance_id] = {"vcpus": vcpus, "memory_mb": memory_mb, "disk_gb": disk_gb}
+        for key, amount in self.claims[instance_id].items():
+            self.in_use[key] += amount
 
     def release(self, instance_id: str, user: str, request_id: str) -> None:
         if instance_id in self.claims:
@@ -87,7 +89,8 @@ class Host(Aggregate):
 
     @event("Released")
     def _released(self, instance_id: str, user: str, request_id: str) -> None:
-        del self.claims[instance_id]
+        for key, amount in self.claims.pop(instance_id).items():
+            self.in_use[key] -= amount
 
 
 CATALOG_ID = uuid.UUID("9a4f6c1d-2b3e-4f5a-8c7d-0e1f2a3b4c5d")

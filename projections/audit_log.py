@@ -30,11 +30,6 @@ HISTORY_COLUMNS = (
 )
 
 
-def _insert(table: str, columns: tuple[str, ...]) -> str:
-    quoted = ", ".join(f'"{column}"' for column in columns)
-    return f"INSERT INTO {table} ({quoted}) VALUES ({', '.join('?' * len(columns))})"
-
-
 @dataclass(frozen=True)
 class _Seen:
     position: int
@@ -73,8 +68,6 @@ class AuditProjection:
             record TEXT NOT NULL, PRIMARY KEY (instance_id, version))""",
     )
     _upsert_action = upsert("audit_actions", ACTION_COLUMNS, "instance_id", "request_id")
-    _insert_event = _insert("audit_events", EVENT_COLUMNS)
-    _insert_history = _insert("audit_history", HISTORY_COLUMNS)
 
     def __init__(self) -> None:
         self._seen: list[_Seen] = []
@@ -115,8 +108,8 @@ class AuditProjection:
         self._seen = []
         db.executemany(self._upsert_action,
                        [tuple(a[column] for column in ACTION_COLUMNS) for a in actions.values()])
-        db.executemany(self._insert_event, events)
-        db.executemany(self._insert_history, history)
+        db.insert_many("audit_events", EVENT_COLUMNS, events)
+        db.insert_many("audit_history", HISTORY_COLUMNS, history)
 
     def _action_for(self, db: Database, seen: _Seen) -> dict[str, Any]:
         request_id = seen.record["request_id"] or ""

@@ -54,4 +54,6 @@ def utc_text(moment: datetime | None) -> str | None:
     """One fixed-width UTC form, so that timestamps compare correctly as text in SQL."""
     if moment is None:
         return None
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec="microseconds")

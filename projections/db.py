@@ -73,6 +73,22 @@ class Database:
             with conn.cursor() as cursor:
                 cursor.executemany(self._sql(sql), rows)
 
+    def insert_many(self, table: str, columns: Sequence[str],
+                    rows: Sequence[Sequence[Any]]) -> None:
+        """Append rows: PostgreSQL's COPY (many times faster than INSERTs), SQLite's
+        executemany. Same transaction as everything else in `transaction()`."""
+        if not rows:
+            return
+        quoted = ", ".join(f'"{column}"' for column in columns)
+        conn = self._connect()
+        if self.backend == "sqlite":
+            conn.executemany(f"INSERT INTO {table} ({quoted}) "
+                             f"VALUES ({', '.join('?' * len(columns))})", rows)
+            return
+        with conn.cursor() as cursor, cursor.copy(f"COPY {table} ({quoted}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         cursor = self._connect().execute(self._sql(sql), params)
         names = [column[0] for column in cursor.description or ()]

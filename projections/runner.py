@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from eventsourcing.application import Application
 
@@ -47,9 +47,13 @@ class Status:
         return self.head - self.position
 
 
-class Failpoint:
-    """Hook for tests: called inside the batch transaction after the rows are written."""
+class Failpoint(Protocol):
+    """`projection:batch` is hit inside the batch transaction after the rows are written."""
 
+    def hit(self, name: str) -> None: ...
+
+
+class NoFailpoint:
     def hit(self, name: str) -> None:
         return None
 
@@ -60,7 +64,7 @@ class ProjectionRunner:
                  failpoint: Failpoint | None = None) -> None:
         self.app, self.db = app, db
         self.projections = list(projections if projections is not None else all_projections())
-        self.failpoint = failpoint or Failpoint()
+        self.failpoint = failpoint or NoFailpoint()
         self._aggregates: dict[uuid.UUID, Any] = {}
         self._written: dict[str, int] = {}  # what this runner last wrote: its caches' basis
         self._schema_ready = False
@@ -126,7 +130,7 @@ class ProjectionRunner:
                     raise _Moved
                 for projection in group:
                     projection.write(self.db)
-                self.failpoint.hit("projection-batch")
+                self.failpoint.hit("projection:batch")
                 self.db.executemany("UPDATE projection_tracking SET position = ? WHERE name = ?",
                                     [(end, p.name) for p in group])
         except BaseException as error:

@@ -62,10 +62,6 @@ class HostUsageProjection:
             instance_id TEXT PRIMARY KEY, host TEXT NOT NULL, status TEXT NOT NULL)""",
     )
     _upsert_usage = upsert("host_usage", USAGE_COLUMNS, "name")
-    _insert_history = (
-        f"INSERT INTO host_usage_history ({', '.join(USAGE_COLUMNS)}) "
-        f"VALUES ({', '.join('?' * len(USAGE_COLUMNS))})"
-    )
 
     def __init__(self) -> None:
         self._seen: list[_HostSeen | _MemberSeen] = []
@@ -172,7 +168,7 @@ class HostUsageProjection:
             upsert("host_members", ("instance_id", "host", "status"), "instance_id"),
             [(instance_id, *member) for instance_id, member in moved.items() if member],
         )
-        db.executemany(self._insert_history, history)
+        db.insert_many("host_usage_history", USAGE_COLUMNS, history)
 
 
 def _statuses(counts: Counter[str]) -> str:

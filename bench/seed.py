@@ -1,0 +1,184 @@
+"""Fill a store with a long, random, realistic history, fast.
+
+The events are the real ones: the real LifecycleService records the requests and the real
+ProcessManager performs every step against libvirt test-driver hosts. What differs from
+`serve` is only how they are saved: a unit of work keeps them in memory and writes many
+instances' events in one transaction (a store of a million events in minutes, not hours).
+A seeded random choice of operations, including deletes and injected hypervisor errors
+(the `error` failpoint, at random), makes the history varied but reproducible.
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+import tempfile
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eventsourcing.application import AggregateNotFoundError
+
+from adapters.eventstore import ShelfApplication
+from adapters.images import DirectoryImageStore
+from adapters.libvirt_host import LibvirtHosts
+from adapters.volumes import DirectoryVolumeStore
+from domain.errors import ShelfError
+from domain.ports import HypervisorError
+from domain.process_manager import ProcessManager, Settings
+from domain.service import LifecycleService, new_request_id
+
+USERS = ("alice", "bob", "carol", "ops-bot")
+
+
+class UnitOfWork:
+    """The Repository port, buffering every saved event until `flush` (one transaction).
+
+    `get` hands out a copy of the last saved state, as the store would, so a step that
+    fails after changing its copy leaves nothing behind, as in `serve`.
+    """
+
+    def __init__(self, app: ShelfApplication) -> None:
+        self.app = app
+        self._saved: dict[uuid.UUID, Any] = {}
+        self._events: list[Any] = []
+        self.flushed = 0
+
+    def get(self, aggregate_id: uuid.UUID) -> Any:
+        if aggregate_id not in self._saved:
+            try:
+                self._saved[aggregate_id] = self.app.repository.get(aggregate_id)
+            except AggregateNotFoundError:
+                raise KeyError(aggregate_id) from None
+        return _copy(self._saved[aggregate_id])
+
+    def save(self, *aggregates: Any) -> None:
+        for aggregate in aggregates:
+            self._events += aggregate.collect_events()
+            self._saved[aggregate.id] = _copy(aggregate)
+
+    def flush(self) -> int:
+        if self._events:
+            self.app.save(*self._events)
+        written, self._events = len(self._events), []
+        self.flushed += written
+        return written
+
+    def forget_idle(self, keep: set[uuid.UUID]) -> None:
+        """Drop cached aggregates not in `keep` (memory stays flat over a long seed)."""
+        self._saved = {k: v for k, v in self._saved.items() if k in keep}
+
+
+def _copy(aggregate: Any) -> Any:
+    return pickle.loads(pickle.dumps(aggregate, pickle.HIGHEST_PROTOCOL))  # deepcopy, faster
+
+
+class RandomErrors:
+    """The `error` failpoint, fired at random before a hypervisor step."""
+
+    def __init__(self, rng: random.Random, rate: float) -> None:
+        self.rng, self.rate = rng, rate
+
+    def hit(self, name: str) -> None:
+        if name.startswith("before:") and self.rng.random() < self.rate:
+            raise HypervisorError(f"failpoint {name} injected an error")
+
+
+@dataclass
+class Seeder:
+    app: ShelfApplication
+    work_dir: Path
+    hosts: int = 4
+    seed: int = 1
+    error_rate: float = 0.02
+    flush_every: int = 50  # instances per transaction
+    on_flush: Callable[[], None] = lambda: None
+    host_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+        self.repo = UnitOfWork(self.app)
+        self.service = LifecycleService(self.repo)
+        uris: dict[str, str] = {}
+        self.drivers = LibvirtHosts(uris.__getitem__, self.work_dir / "data")
+        self._uris = uris
+        self.pm = ProcessManager(
+            self.repo, self.drivers, DirectoryImageStore(self.work_dir / "data" / "images"),
+            DirectoryVolumeStore(self.work_dir / "data" / "volumes"), Settings(shutdown_timeout=0),
+            RandomErrors(self.rng, self.error_rate),
+        )
+
+    def add_hosts(self) -> None:
+        for number in range(self.hosts):
+            name = f"seed-{number:03d}"
+            node = self.work_dir / f"{name}.xml"
+            node.write_text("<node><cpu><nodes>1</nodes><sockets>1</sockets><cores>64</cores>"
+                            "<threads>1</threads><active>64</active><mhz>2000</mhz></cpu>"
+                            "<memory>268435456</memory></node>\n")
+            self._uris[name] = f"test://{node}"
+            self.service.add_host(name, self._uris[name], 100_000, 100_000_000, 10_000_000,
+                                  "admin", new_request_id())
+            self.host_names.append(name)
+        self.repo.flush()
+
+    def run(self, instances: int) -> int:
+        """Give `instances` instances a random life each; return the events written."""
+        if not self.host_names:
+            self.add_hosts()
+        for number in range(instances):
+            self.live_one(f"vm-{self.seed}-{number}")
+            if (number + 1) % self.flush_every == 0:
+                self._flush()
+        self._flush()
+        return self.repo.flushed
+
+    def _flush(self) -> None:
+        self.repo.flush()
+        self.repo.forget_idle(set())
+        self.on_flush()
+
+    def live_one(self, name: str) -> None:
+        user = self.rng.choice(USERS)
+        instance = self.service.boot(
+            name=name, host=self.rng.choice(self.host_names), vcpus=1, memory_mb=64,
+            disk_gb=1, image_id=None, volume_backed=self.rng.random() < 0.2, user=user,
+            request_id=new_request_id())
+        self.pm.drive(instance.id)
+        for _ in range(self.rng.choice((0, 1, 1, 2, 3))):
+            action = self.rng.choice(("shelve", "shelve", "stop", "start", "pause", "unpause",
+                                      "suspend", "resume", "shelveOffload", "unshelve"))
+            self.request(instance.id, action, user)
+            if self.repo.get(instance.id).vm_state in ("shelved_offloaded", "shelved"):
+                self.request(instance.id, "unshelve", user)
+        if self.rng.random() < 0.4:
+            self.request(instance.id, "delete", user)
+
+    def request(self, instance_id: uuid.UUID, action: str, user: str) -> None:
+        try:
+            self.service.request(action, str(instance_id), user, new_request_id(),
+                                 self._target_host(action))
+        except ShelfError:
+            return  # refused in this state, as a real request would be: nothing recorded
+        self.pm.drive(instance_id)
+
+    def _target_host(self, action: str) -> str | None:
+        if action == "unshelve" and self.rng.random() < 0.3:
+            return self.rng.choice(self.host_names)
+        return None
+
+    def close(self) -> None:
+        self.drivers.close()
+
+
+def seed_store(app: ShelfApplication, instances: int, hosts: int = 4, seed: int = 1,
+               on_flush: Callable[[], None] = lambda: None) -> int:
+    """A random history of `instances` instances on `hosts` hosts; returns events written."""
+    with tempfile.TemporaryDirectory(prefix="shelf-seed-", dir="/var/tmp") as work:
+        seeder = Seeder(app, Path(work), hosts=hosts, seed=seed, on_flush=on_flush)
+        try:
+            return seeder.run(instances)
+        finally:
+            seeder.close()
+

@@ -1,0 +1,235 @@
+"""The projections: incremental == rebuilt over a long random history, host usage after every
+step, exact `--as-of` states, and a process killed mid-catch-up leaving nothing half-done."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.seed import Seeder
+from cli.bootstrap import Context
+from domain.host import Host
+from domain.instance import Instance
+from domain.process_manager import Settings
+from domain.service import all_hosts, find, new_request_id
+from projections import queries
+from projections.audit import actions_from_history
+from projections.runner import ProjectionRunner, all_projections
+from tests.conftest import node_xml
+
+SHELF = str(Path(sys.executable).with_name("shelf"))
+
+
+def dump(db: Any) -> dict[str, list[tuple[Any, ...]]]:
+    """Every projection table, rows sorted: what two runs must agree on exactly."""
+    tables = {}
+    for projection in all_projections():
+        for table in projection.tables:
+            rows = db.query(f"SELECT * FROM {table}")
+            tables[table] = sorted(tuple(str(v) for v in row.values()) for row in rows)
+    return tables
+
+
+def seeded(ctx: Context, tmp_path: Path, instances: int, on_flush: Any = None) -> int:
+    seeder = Seeder(ctx.app, tmp_path / "seed", hosts=3, seed=11, error_rate=0.05,
+                    flush_every=10, on_flush=on_flush or (lambda: None))
+    (tmp_path / "seed").mkdir(exist_ok=True)
+    try:
+        return seeder.run(instances)
+    finally:
+        seeder.close()
+
+
+def test_incremental_equals_rebuilt_over_a_long_random_history(
+    store_url: str, tmp_path: Path
+) -> None:
+    ctx = Context(store_url, "tester", tmp_path / "data")
+    rng = random.Random(5)
+    events = seeded(ctx, tmp_path, 700,
+                    on_flush=lambda: ctx.projector.catch_up(batch=rng.choice((7, 100, 1000))))
+    ctx.projector.catch_up()
+    assert events >= 10_000
+    incremental = dump(ctx.db)
+    failed = [row for row in incremental["audit_events"] if "Error" in row]
+    deleted = ctx.db.query("SELECT count(*) AS n FROM instances WHERE vm_state = 'deleted'")
+    assert failed and deleted[0]["n"] > 0  # the history has failures and deletes
+
+    fresh = ProjectionRunner(ctx.app, ctx.db)
+    assert fresh.rebuild() == ctx.app.recorder.max_notification_id()
+    assert dump(ctx.db) == incremental
+    assert {s.lag for s in fresh.status()} == {0}
+    ctx.close()
+
+
+def test_actions_table_matches_the_history_it_came_from(store_url: str, tmp_path: Path) -> None:
+    ctx = Context(store_url, "tester", tmp_path / "data")
+    seeded(ctx, tmp_path, 60)
+    ctx.projector.catch_up()
+    for row in ctx.db.query("SELECT id FROM instances"):
+        derived = actions_from_history(queries.history(ctx.db, row["id"]))
+        stored = queries.actions(ctx.db, row["id"])
+        skip = {"host", "instance_id", "instance_name", "position"}
+        assert [{k: v for k, v in a.items() if k not in skip} for a in stored] == [
+            {k: v for k, v in a.items() if k != "host"} for a in derived]
+    ctx.close()
+
+
+def test_host_usage_after_every_step_is_the_sum_of_the_claims(
+    store_url: str, tmp_path: Path
+) -> None:
+    ctx = Context(store_url, "tester", tmp_path / "data")
+    for name in ("h1", "h2"):
+        node = node_xml(tmp_path / f"{name}.xml")
+        ctx.service.add_host(name, f"test://{node}", 8, 8192, 100, "t", new_request_id())
+    # The test driver, in this process; shelved instances stay shelved until asked.
+    pm = ctx.process_manager(Settings(shelved_offload_time=-1, shutdown_timeout=0))
+    vm = ctx.service.boot(name="vm1", host="h1", vcpus=2, memory_mb=512, disk_gb=3,
+                          image_id=None, volume_backed=False, user="t",
+                          request_id=new_request_id())
+    ctx.service.boot(name="vm2", host="h1", vcpus=1, memory_mb=256, disk_gb=1, image_id=None,
+                     volume_backed=False, user="t", request_id=new_request_id())
+    checks = 0
+    for action, host in (("boot", None), ("shelve", None), ("shelveOffload", None),
+                         ("unshelve", "h2"), ("stop", None), ("shelve", None),
+                         ("unshelve", None), ("delete", None)):
+        if action != "boot":
+            ctx.service.request(action, str(vm.id), "t", new_request_id(), host)
+        while (instance := find(ctx.repo, vm.id, Instance)) and (step := instance.next_step()):
+            pm.perform(instance, step)
+            checks += assert_usage_matches_claims(ctx)
+    assert checks > 20
+    assert {row["name"]: row["instances"] for row in queries.hosts(ctx.db)} == {"h1": 0, "h2": 0}
+    ctx.close()
+
+
+def assert_usage_matches_claims(ctx: Context) -> int:
+    ctx.projector.catch_up()
+    usage = {row["name"]: row for row in queries.hosts(ctx.db)}
+    instances = [i for i in queries.live_instances(ctx.db)]
+    for host in all_hosts(ctx.repo):
+        assert isinstance(host, Host)
+        row = usage[host.name]
+        for key in ("vcpus", "memory_mb", "disk_gb"):
+            claimed = sum(claim[key] for claim in host.claims.values())
+            assert row[f"{key}_used"] == claimed >= 0
+        on_host = [i for i in instances if i["host"] == host.name]
+        assert row["instances"] == len(on_host) == sum(row["statuses"].values())
+        # Offloaded (and not being unshelved onto a host right now): counts nowhere.
+        offloaded = [i for i in on_host
+                     if i["vm_state"] == "shelved_offloaded" and i["task_state"] is None]
+        assert not offloaded
+    return 1
+
+
+def test_as_of_gives_the_exact_earlier_states(harness_factory: Any) -> None:
+    h = harness_factory()
+    h.add_host("h1")
+    h.add_host("h2")
+    assert h.shelf("show", "nothing", "--as-of", "-1h").code == 3
+    seen: list[tuple[str, dict[str, Any], list[dict[str, Any]]]] = []
+    wait = ("--wait", "--timeout", "60")
+    vm1 = h.ok("boot", "vm1", "--host", "h1", "--vcpus", "1", "--memory-mb", "256",
+                "--disk-gb", "1", *wait).out.strip()
+    for command in (("shelve", vm1), ("unshelve", vm1, "--host", "h2"), ("stop", vm1),
+                    ("start", vm1), ("delete", vm1)):
+        time.sleep(0.02)
+        seen.append((now_text(), h.show(vm1), h.ok("host", "list", "--json").json()))
+        h.ok(*command, *wait)
+    time.sleep(0.02)
+    seen.append((now_text(), h.show(vm1), h.ok("host", "list", "--json").json()))
+    assert [state["vm_state"] for _, state, _ in seen] == [
+        "active", "shelved_offloaded", "active", "stopped", "active", "deleted"]
+    for moment, state, hosts in seen:
+        assert h.ok("show", vm1, "--as-of", moment, "--json").json() == state
+        assert h.ok("host", "list", "--as-of", moment, "--json").json() == hosts
+    assert h.shelf("show", vm1, "--as-of", "-1h").code == 3  # it is younger than that
+    bad = h.shelf("show", vm1, "--as-of", "yesterday-ish")
+    assert bad.code == 2 and bad.err.count("\n") == 1 and "bad time" in bad.err
+
+
+def now_text() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+# ---- a crash mid-catch-up --------------------------------------------------------------
+
+def positions(store_url: str, tmp_path: Path) -> dict[str, int]:
+    ctx = Context(store_url, "tester", tmp_path / "data")
+    try:
+        return ctx.projector.positions()
+    finally:
+        ctx.close()
+
+
+def test_crash_inside_a_batch_commits_neither_rows_nor_position(
+    store_url: str, tmp_path: Path
+) -> None:
+    ctx = Context(store_url, "tester", tmp_path / "data")
+    seeded(ctx, tmp_path, 30)
+    ctx.projector.ensure_schema()
+    env = {**os.environ, "SHELF_FAILPOINTS": "projection:batch=crash",
+           "SHELF_DATA_DIR": str(tmp_path / "data")}
+    crashed = subprocess.run([SHELF, "--store", store_url, "list"], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert crashed.returncode == 137
+    assert set(positions(store_url, tmp_path).values()) == {0}
+    assert all(rows == [] for rows in dump(ctx.db).values())
+    assert_catch_up_equals_rebuild(ctx)
+
+
+def test_killed_mid_catch_up_resumes_without_gaps_or_doubles(
+    store_url: str, tmp_path: Path
+) -> None:
+    ctx = Context(store_url, "tester", tmp_path / "data")
+    seeded(ctx, tmp_path, 400)
+    head = ctx.app.recorder.max_notification_id()
+    ctx.projector.ensure_schema()
+    env = {**os.environ, "SHELF_DATA_DIR": str(tmp_path / "data")}
+    catching_up = subprocess.Popen([SHELF, "--store", store_url, "list"], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        reached = positions(store_url, tmp_path)
+        if min(reached.values()) > 0 and max(reached.values()) < head:
+            break
+        time.sleep(0.005)
+    catching_up.send_signal(signal.SIGKILL)
+    catching_up.wait(timeout=30)
+    assert min(reached.values()) > 0 and max(reached.values()) < head, reached  # mid-way
+    assert_catch_up_equals_rebuild(ctx)
+
+
+def assert_catch_up_equals_rebuild(ctx: Context) -> None:
+    ProjectionRunner(ctx.app, ctx.db).catch_up()
+    caught_up = dump(ctx.db)
+    ProjectionRunner(ctx.app, ctx.db).rebuild()
+    assert dump(ctx.db) == caught_up
+    ctx.close()
+
+
+@pytest.mark.parametrize("argv", [
+    ("projections", "rebuild", "nonsense"),
+    ("audit", "--since", "last tuesday"),
+    ("audit", "--limit", "-1"),
+])
+def test_bad_projection_and_audit_input_is_one_line(harness_factory: Any,
+                                                    argv: tuple[str, ...]) -> None:
+    h = harness_factory(start=False)
+    result = h.shelf(*argv)
+    assert result.code == 2 and result.err.count("\n") == 1 and "Traceback" not in result.err
+
+
+def test_unknown_instance_at_a_time_is_not_found(harness_factory: Any) -> None:
+    h = harness_factory(start=False)
+    result = h.shelf("show", str(uuid.uuid4()), "--as-of", "-1h")
+    assert result.code == 3

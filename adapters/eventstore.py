@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, unquote, urlparse
 
-import psycopg
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError
 
@@ -123,6 +122,8 @@ def open_application(store: StoreURL) -> ShelfApplication:
     if store.backend == "sqlite" and store.sqlite_path is not None:
         store.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
         return ShelfApplication(env=environment_for(store))
+    import psycopg  # here: a SQLite store never pays for importing it
+
     with psycopg.connect(store.psycopg_conninfo(), autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK_KEY,))
         try:

@@ -11,11 +11,12 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from adapters.eventstore import StoreURL
+
+if TYPE_CHECKING:
+    import psycopg
 
 
 class InstanceLeases:
@@ -51,7 +52,7 @@ class InstanceLeases:
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._pg is None or self._pg.closed or self._pg.broken:
-            self._pg = psycopg.connect(self.store.psycopg_conninfo(), autocommit=True)
+            self._pg = _psycopg().connect(self.store.psycopg_conninfo(), autocommit=True)
         return self._pg
 
     @contextmanager
@@ -74,3 +75,10 @@ class InstanceLeases:
         if self._pg is not None:
             self._pg.close()
             self._pg = None
+
+
+def _psycopg() -> Any:
+    """psycopg, imported on first use: a SQLite store never pays for it."""
+    import psycopg
+
+    return psycopg

@@ -47,6 +47,7 @@ class ShelfRun:
             self.ctx.service.add_host(name, node_uri(self.work, name), 100_000, 10_000_000,
                                       1_000_000, "bench", new_request_id())
         self.names = [f"h{number:03d}" for number in range(hosts)]
+        self.ctx.projector.ensure_schema()  # wait_for reads it before the worker's first pass
         self.worker = Worker(self.ctx, Settings(shutdown_timeout=0), threads=threads)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.worker.run, args=(self.stop,), daemon=True)

@@ -16,7 +16,6 @@ from adapters.eventstore import (
 )
 from adapters.failpoints import EnvFailpoints
 from adapters.images import DirectoryImageStore
-from adapters.libvirt_host import LibvirtHosts
 from adapters.volumes import DirectoryVolumeStore
 from domain.errors import NotFound
 from domain.ports import HostDrivers
@@ -84,6 +83,8 @@ class Context:
     @property
     def hosts(self) -> HostDrivers:
         if self._hosts is None:
+            from adapters.libvirt_host import LibvirtHosts  # only commands that need hosts
+
             self._hosts = LibvirtHosts(self.host_uri, self.data_dir)
         return self._hosts
 

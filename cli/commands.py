@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from adapters.failpoints import EnvFailpoints
-from adapters.libvirt_host import open_host
 from cli import render
 from cli.bootstrap import Context
 from cli.times import parse_time
@@ -39,6 +38,8 @@ IMAGE_COLUMNS = ("id", "name", "format", "virtual_size", "size", "created_at")
 def host_add(ctx: Context, args: argparse.Namespace) -> int:
     vcpus, memory_mb, disk_gb = args.vcpus, args.memory_mb, args.disk_gb
     if None in (vcpus, memory_mb, disk_gb):  # defaults from libvirt itself
+        from adapters.libvirt_host import open_host  # libvirt loads only when needed
+
         driver = open_host(args.name, args.uri, ctx.data_dir)
         try:
             capacity = driver.capacity()

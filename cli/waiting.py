@@ -12,7 +12,7 @@ from domain.instance import Instance
 from domain.service import find
 from projections.audit import event_record
 
-POLL_SECONDS = 0.2
+POLL_SECONDS = 0.1
 
 
 class TimedOut(ShelfError):

@@ -82,19 +82,28 @@ class ProcessManager:
 
     def drive(self, instance_id: uuid.UUID) -> None:
         """Perform steps until the instance is idle (or another worker holds it)."""
+        instance: Instance | None = None
         for _ in range(MAX_STEPS_PER_DRIVE):
-            instance = find(self.repo, instance_id, Instance)
             if instance is None:
-                return
+                instance = find(self.repo, instance_id, Instance)
+                if instance is None:
+                    return
             step = instance.next_step()
             if step is None:
                 if not self.offload_if_due(instance):
                     return
+                instance = None
                 continue
+            version = instance.version
             try:
                 self.perform(instance, step)
             except RecordConflict:
                 self.log.info("step.lost_race", instance_id=str(instance_id), step=step)
+                instance = None
+                continue
+            # The object is the stored state only if this step saved it and nothing else did.
+            if instance.version == version or instance.pending_events:
+                instance = None
 
     def perform(self, instance: Instance, step: str) -> None:
         log = self.log.bind(

@@ -9,11 +9,12 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from adapters.eventstore import StoreURL
+
+if TYPE_CHECKING:
+    import psycopg
 
 Row = dict[str, Any]
 
@@ -39,7 +40,7 @@ class Database:
                 self._sqlite.execute("PRAGMA journal_mode=WAL")
             return self._sqlite
         if self._pg is None or self._pg.closed or self._pg.broken:
-            self._pg = psycopg.connect(self.store.psycopg_conninfo(), autocommit=True)
+            self._pg = _psycopg().connect(self.store.psycopg_conninfo(), autocommit=True)
             if self.store.pg_schema:
                 self._pg.execute(f'SET search_path TO "{self.store.pg_schema}"')
         return self._pg
@@ -101,3 +102,10 @@ class Database:
         if self._pg is not None:
             self._pg.close()
             self._pg = None
+
+
+def _psycopg() -> Any:
+    """psycopg, imported on first use: a SQLite store never pays for it."""
+    import psycopg
+
+    return psycopg

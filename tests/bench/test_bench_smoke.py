@@ -1,0 +1,46 @@
+"""Each bench runs at a tiny size, so none of them rots. No timing is asserted: only that
+each prints its figures and its ratio last, as docs/benchmarks.md says."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from bench import audit, lifecycle, qemu, replay
+from tests.e2e.test_qemu import _require_libvirtd
+
+RATIO = re.compile(r"^ratio = \d+\.\d{3}$")
+
+
+def run(bench_main: object, argv: list[str], capsys: pytest.CaptureFixture[str]) -> list[str]:
+    assert bench_main(argv) == 0  # type: ignore[operator]
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("# bench/") and RATIO.match(lines[-1]), lines
+    return lines
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_lifecycle_bench(store: str, request: pytest.FixtureRequest,
+                         capsys: pytest.CaptureFixture[str]) -> None:
+    if store == "postgres":
+        request.getfixturevalue("pg_url")  # PostgreSQL is up (or the test fails under CI)
+    lines = run(lifecycle.main, ["--instances", "4", "--hosts", "2", "--store", store], capsys)
+    assert any(line.startswith("shelf events/s") for line in lines)
+
+
+def test_replay_bench(capsys: pytest.CaptureFixture[str]) -> None:
+    lines = run(replay.main, ["--events", "300", "--hosts", "2", "--store", "sqlite"], capsys)
+    assert any(line.startswith("rebuild events/s") for line in lines)
+
+
+def test_audit_bench(capsys: pytest.CaptureFixture[str]) -> None:
+    lines = run(audit.main, ["--events", "300", "--hosts", "2", "--samples", "5",
+                             "--store", "sqlite"], capsys)
+    assert any(line.startswith("audit --host p99") for line in lines)
+
+
+@pytest.mark.e2e
+def test_qemu_bench(capsys: pytest.CaptureFixture[str]) -> None:
+    _require_libvirtd()
+    run(qemu.main, ["--disk-mb", "16"], capsys)

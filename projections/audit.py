@@ -35,10 +35,13 @@ CLOSING_EVENTS = frozenset({
     "ShelveOffloaded", "Unshelved", "Deleted", "RolledBack",
 })
 
+_SCALARS = frozenset({str, int, bool, float})
 _ENVELOPE = {"originator_id", "originator_version", "timestamp", "originator_topic"}
 
 
 def _plain(value: Any) -> Any:
+    if value is None or type(value) in _SCALARS:
+        return value
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, uuid.UUID):
@@ -50,12 +53,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def event_record(event: Any) -> dict[str, Any]:
-    """One stored event as `history --json` prints it."""
+def event_record(event: Any, timestamp: str | None = None) -> dict[str, Any]:
+    """One stored event as `history --json` prints it (`timestamp`: already formatted)."""
     record: dict[str, Any] = {
         "event": type(event).__name__,
         "version": event.originator_version,
-        "timestamp": utc_text(event.timestamp),
+        "timestamp": timestamp or utc_text(event.timestamp),
         "user": getattr(event, "user", None),
         "request_id": getattr(event, "request_id", None),
     }

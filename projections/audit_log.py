@@ -7,13 +7,14 @@ code that derives actions from a history in memory: the table and the derivation
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from domain.instance import Instance
 from projections.audit import apply_record, event_record, new_action
-from projections.base import Change, utc_text
+from projections.base import Change
 from projections.db import Database
 from projections.instances import upsert
 
@@ -28,6 +29,9 @@ EVENT_COLUMNS = (
 HISTORY_COLUMNS = (
     "instance_id", "version", "position", "timestamp", "event", "user", "request_id", "record",
 )
+
+
+_JSON = msgspec.json.Encoder()  # several times faster than json.dumps, same JSON
 
 
 @dataclass(frozen=True)
@@ -84,8 +88,8 @@ class AuditProjection:
         state = change.state
         if isinstance(state, Instance):
             self._seen.append(_Seen(
-                change.position, str(state.id), state.name, event_record(change.event),
-                utc_text(change.previous_time), state.host,
+                change.position, change.aggregate_id, state.name,
+                event_record(change.event, change.at), change.previous_at, state.host,
             ))
 
     def write(self, db: Database) -> None:
@@ -104,7 +108,7 @@ class AuditProjection:
                                step["details"]))
             history.append((seen.instance_id, record["version"], seen.position,
                             record["timestamp"], record["event"], record["user"],
-                            record["request_id"], json.dumps(record, default=str)))
+                            record["request_id"], _JSON.encode(record).decode()))
         self._seen = []
         db.executemany(self._upsert_action,
                        [tuple(a[column] for column in ACTION_COLUMNS) for a in actions.values()])

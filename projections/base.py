@@ -23,7 +23,9 @@ class Change:
     position: int  # the event's notification id: its place in the whole store
     event: Any
     state: Any
-    previous_time: datetime | None  # when the aggregate's previous event was recorded
+    aggregate_id: str
+    at: str  # the event's timestamp as utc_text() writes it (formatted once, shared)
+    previous_at: str | None  # the aggregate's previous event's, likewise
 
 
 class Projection(Protocol):

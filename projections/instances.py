@@ -46,7 +46,7 @@ class InstancesProjection:
 
     def observe(self, change: Change) -> None:
         if isinstance(change.state, Instance):
-            self._latest[str(change.state.id)] = change.state
+            self._latest[change.aggregate_id] = change.state
 
     def write(self, db: Database) -> None:
         # The last state of the batch is the one written, so the live object will do.

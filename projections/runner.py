@@ -20,7 +20,7 @@ from domain.errors import UsageError
 from domain.host import Host
 from domain.instance import Instance
 from projections.audit_log import AuditProjection
-from projections.base import Change, Projection
+from projections.base import Change, Projection, utc_text
 from projections.db import Database
 from projections.instances import InstancesProjection
 from projections.usage import HostUsageProjection
@@ -66,6 +66,7 @@ class ProjectionRunner:
         self.projections = list(projections if projections is not None else all_projections())
         self.failpoint = failpoint or NoFailpoint()
         self._aggregates: dict[uuid.UUID, Any] = {}
+        self._last_at: dict[uuid.UUID, str] = {}  # each cached aggregate's last event time
         self._written: dict[str, int] = {}  # what this runner last wrote: its caches' basis
         self._schema_ready = False
 
@@ -155,22 +156,25 @@ class ProjectionRunner:
         for notification in notifications:
             if not notification.topic.startswith(FOLDED_TOPICS):
                 continue  # names, addresses, the host catalog: no projection reads them
-            event = self.app.mapper.to_domain_event(notification)
-            previous, state = self._fold(event)
-            yield Change(notification.id, event, state, previous)
+            event: Any = self.app.mapper.to_domain_event(notification)
+            at = str(utc_text(event.timestamp))
+            previous_at, state = self._fold(event)
+            self._last_at[event.originator_id] = at
+            yield Change(notification.id, event, state, str(event.originator_id), at,
+                         previous_at)
 
-    def _fold(self, event: Any) -> tuple[Any, Any]:
+    def _fold(self, event: Any) -> tuple[str | None, Any]:
         """(when the aggregate was last changed before `event`, the aggregate after it)."""
         version = event.originator_version
         cached = self._aggregates.get(event.originator_id)
         if version == 1:
             previous, state = None, event.mutate(None)
         elif cached is not None and cached.version == version - 1:
-            previous = cached.modified_on
+            previous = self._last_at.get(event.originator_id) or utc_text(cached.modified_on)
             state = event.mutate(cached)
         else:
             before: Any = self.app.repository.get(event.originator_id, version=version - 1)
-            previous, state = before.modified_on, event.mutate(before)
+            previous, state = utc_text(before.modified_on), event.mutate(before)
         if isinstance(state, Instance | Host):
             self._aggregates[event.originator_id] = state
         return previous, state
@@ -191,6 +195,7 @@ class ProjectionRunner:
             projection.forget(empty=True)
             self._written[projection.name] = 0
         self._aggregates.clear()
+        self._last_at.clear()
         return self.catch_up(batch=5 * BATCH)
 
     def _chosen(self, names: Sequence[str]) -> list[Projection]:

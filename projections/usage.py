@@ -17,7 +17,7 @@ from typing import Any
 from domain.host import Host
 from domain.instance import Instance
 from domain.states import DELETED
-from projections.base import Change, utc_text
+from projections.base import Change
 from projections.db import Database
 from projections.instances import upsert
 from projections.views import host_view
@@ -75,13 +75,12 @@ class HostUsageProjection:
         self._counts: dict[str, Counter[str]] = {}
 
     def observe(self, change: Change) -> None:
-        at = utc_text(change.event.timestamp)
-        state = change.state
+        at, state = change.at, change.state
         if isinstance(state, Host):
             self._seen.append(_HostSeen(change.position, at, host_view(state)))
         elif isinstance(state, Instance):
             host = state.host if state.vm_state != DELETED else None
-            self._seen.append(_MemberSeen(change.position, at, str(state.id), host,
+            self._seen.append(_MemberSeen(change.position, at, change.aggregate_id, host,
                                           state.status))
 
     def write(self, db: Database) -> None:

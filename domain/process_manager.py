@@ -66,6 +66,7 @@ class ProcessManager:
         self.settings = settings or Settings()
         self.failpoints = failpoints or NoFailpoints()
         self.clock = clock
+        self._saved_last: dict[uuid.UUID, Instance] = {}  # per instance, see drive()
         self.log = structlog.get_logger("shelf.process_manager")
         self.steps: dict[str, Callable[[Instance], None]] = {
             plans.POWER_OFF: self.power_off, plans.POWER_ON: self.power_on,
@@ -83,6 +84,7 @@ class ProcessManager:
     def drive(self, instance_id: uuid.UUID) -> None:
         """Perform steps until the instance is idle (or another worker holds it)."""
         instance: Instance | None = None
+        self._saved_last.pop(instance_id, None)
         for _ in range(MAX_STEPS_PER_DRIVE):
             if instance is None:
                 instance = find(self.repo, instance_id, Instance)
@@ -94,16 +96,13 @@ class ProcessManager:
                     return
                 instance = None
                 continue
-            version = instance.version
             try:
                 self.perform(instance, step)
             except RecordConflict:
                 self.log.info("step.lost_race", instance_id=str(instance_id), step=step)
-                instance = None
-                continue
-            # The object is the stored state only if this step saved it and nothing else did.
-            if instance.version == version or instance.pending_events:
-                instance = None
+            # Go on with the object this step saved, if it saved one (a failed step saves a
+            # reloaded copy, a claim that lost a race a fresh one): it is the stored state.
+            instance = self._saved_last.pop(instance_id, None)
 
     def perform(self, instance: Instance, step: str) -> None:
         log = self.log.bind(
@@ -137,7 +136,7 @@ class ProcessManager:
             step=step, error=str(error), host=instance.host or instance.claim_host,
             rollback_plan=rollback, final_vm_state=vm_state,
         )
-        self.repo.save(instance)
+        self._save(instance)
 
     def offload_if_due(self, instance: Instance) -> bool:
         """shelved_offload_time: offload a shelved instance once its time has come."""
@@ -152,7 +151,7 @@ class ProcessManager:
         else:
             user, request_id, action = SERVICE_USER, f"req-{uuid.uuid4()}", "shelveOffload"
         instance.request_shelve_offload(user or SERVICE_USER, request_id or "", action)
-        self.repo.save(instance)
+        self._save(instance)
         return True
 
     # ---- recording helpers ------------------------------------------------------------
@@ -162,7 +161,14 @@ class ProcessManager:
         self.failpoints.hit(f"after:{plans.next_step(instance)}")
         method(user=instance.user or SERVICE_USER, request_id=instance.request_id or "",
                **fields)
-        self.repo.save(instance)
+        self._save(instance)
+
+    def _save(self, *aggregates: Any) -> None:
+        """Save in one transaction; remember the instance object that is now the stored state."""
+        self.repo.save(*aggregates)
+        for aggregate in aggregates:
+            if isinstance(aggregate, Instance):
+                self._saved_last[aggregate.id] = aggregate
 
     def _spec(self, instance: Instance) -> DomainSpec:
         return DomainSpec(
@@ -267,7 +273,7 @@ class ProcessManager:
                     user=instance.user or SERVICE_USER, request_id=instance.request_id or "",
                     host=host_name,
                 )
-                self.repo.save(host, instance)  # one transaction: never released twice
+                self._save(host, instance)  # one transaction: never released twice
                 return
         self._record(instance, instance.record_claim_released, host=host_name)
 
@@ -284,7 +290,7 @@ class ProcessManager:
                 host=host.name,
             )
             try:
-                self.repo.save(host, instance)
+                self._save(host, instance)
                 return
             except RecordConflict:
                 fresh = find(self.repo, instance.id, Instance)
@@ -376,7 +382,7 @@ class ProcessManager:
             # Offload at once, in the same transaction: nobody ever sees it idle in between.
             instance.request_shelve_offload(user, request_id, action="shelve")
         if plan != "delete":
-            self.repo.save(instance)
+            self._save(instance)
             return
         # The name and the address are free again, in the same transaction as `Deleted`.
         index = find(self.repo, name_index_id(instance.name), NameIndex)
@@ -385,4 +391,4 @@ class ProcessManager:
             index.free(str(instance.id))
         if pool is not None:
             pool.release(instance.ip, str(instance.id))
-        self.repo.save(instance, *(agg for agg in (index, pool) if agg is not None))
+        self._save(instance, *(agg for agg in (index, pool) if agg is not None))

@@ -12,9 +12,13 @@ from typing import Any
 
 import pytest
 
+from adapters.eventstore import EventStoreRepository
 from adapters.libvirt_host import LibvirtHosts
 from cli.bootstrap import Context
-from domain.process_manager import Settings
+from domain.host import Host, host_id_for
+from domain.process_manager import ProcessManager, Settings
+from domain.service import new_request_id
+from tests.conftest import node_xml
 
 SHELF = str(Path(sys.executable).parent / "shelf")
 WAIT = ("--wait", "--timeout", "60")
@@ -107,3 +111,52 @@ def test_never_offload_with_minus_one(harness_factory: Any) -> None:
     h.ok("shelve", "vm1", *WAIT)
     time.sleep(1.5)
     assert h.show("vm1")["vm_state"] == "shelved"
+
+
+class ClaimRacedOnce(EventStoreRepository):
+    """The real store, where once armed another writer fills the chosen host just before a
+    claim on it is saved: the claim's save then really conflicts (deterministically)."""
+
+    armed = False
+    raced = False
+
+    def save(self, *aggregates: Any) -> None:
+        host = next((a for a in aggregates if isinstance(a, Host)), None)
+        if host is not None and self.armed and not self.raced:
+            self.raced = True
+            rival = self.get(host.id)
+            rival.claim("rival", 1, 7500, 1, "rival", "req-rival")
+            super().save(rival)
+        super().save(*aggregates)
+
+
+def test_a_claim_that_lost_a_race_goes_on_from_the_stored_state(
+    store_url: str, tmp_path: Path
+) -> None:
+    ctx = Context(store_url, "tester", tmp_path / "data")
+    for name, memory in (("h1", 8192), ("h2", 4096)):
+        node = node_xml(tmp_path / f"{name}.xml")
+        ctx.service.add_host(name, f"test://{node}", 8, memory, 100, "t", new_request_id())
+    repo = ClaimRacedOnce(ctx.app)
+    pm = ProcessManager(repo, ctx.hosts, ctx.images, ctx.volumes, Settings(shutdown_timeout=0))
+    vm = ctx.service.boot(name="vm1", host="h1", vcpus=1, memory_mb=1024, disk_gb=1,
+                          image_id=None, volume_backed=False, user="t",
+                          request_id=new_request_id())
+    pm.drive(vm.id)
+    ctx.service.request("shelve", "vm1", "t", new_request_id())
+    pm.drive(vm.id)
+    repo.armed = True  # the unshelve picks h1 (most free memory), which the rival then fills
+    ctx.service.request("unshelve", "vm1", "t", new_request_id())
+    pm.drive(vm.id)
+    assert repo.raced
+    events = list(ctx.app.events.get(vm.id))[-6:]
+    assert [type(e).__name__ for e in events] == [
+        "UnshelveRequested", "ResourcesClaimed", "NetworkSetUp", "Spawned", "ImageDeleted",
+        "Unshelved"]
+    assert [e.host for e in events[1:4]] == ["h2"] * 3  # each step where the claim is
+    assert ctx.repo.get(vm.id).host == "h2"
+    assert set(ctx.repo.get(host_id_for("h2")).claims) == {str(vm.id)}
+    assert set(ctx.repo.get(host_id_for("h1")).claims) == {"rival"}
+    assert str(vm.id) in ctx.hosts.driver("h2").domains()
+    assert str(vm.id) not in ctx.hosts.driver("h1").domains()
+    ctx.close()

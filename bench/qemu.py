@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import libvirt
@@ -68,6 +70,19 @@ class ShelfSide:
         self.shelf("unshelve", "vm1", "--wait")
         return time.monotonic() - started
 
+    def step_seconds(self) -> dict[str, float]:
+        """Where serve spent the time: each step of the shelve and the unshelve, from the
+        audit trail (each step runs from the previous record to its own)."""
+        spent: dict[str, float] = {}
+        for action in json.loads(self.shelf("actions", "vm1", "--json"))[-2:]:
+            for event in action["events"]:
+                seconds = (_moment(event["finish_time"]) - _moment(event["start_time"]))
+                key = f"{action['action']}: {event['event']}"
+                spent[key] = spent.get(key, 0.0) + seconds
+            spent[f"{action['action']}: in serve"] = (
+                _moment(action["finish_time"]) - _moment(action["start_time"]))
+        return spent
+
     def close(self) -> None:
         instance = json.loads(self.shelf("show", "vm1", "--json"))
         self.shelf("delete", "vm1", "--wait")
@@ -111,16 +126,25 @@ class BareSide:
 
     def cycle(self) -> float:
         self._spawn(self.image)
+        self.spent: dict[str, float] = {}
         started = time.monotonic()
         domain = self.conn.lookupByName(f"shelf-{self.spec.instance_id}")
-        domain.destroy()                              # shelve: power off (0 s timeout)
-        self._convert(self.disk, self.snapshot)       # snapshot
-        self._dhcp(libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE)  # offload: network,
-        domain.undefine()                             # domain
-        self.disk.unlink()                            # and disk
-        self._spawn(self.snapshot)                    # unshelve
-        self.snapshot.unlink()                        # delete the image
+        self._timed("PowerOff", domain.destroy)   # shelve: power off (0 s timeout)
+        self._timed("Snapshot", lambda: self._convert(self.disk, self.snapshot))
+        self._timed("CleanNetwork", lambda: self._dhcp(libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE))
+        self._timed("Destroy", lambda: self._undefine(domain))
+        self._timed("Spawn+SetupNetwork", lambda: self._spawn(self.snapshot))  # unshelve
+        self._timed("DeleteImage", self.snapshot.unlink)
         return time.monotonic() - started
+
+    def _undefine(self, domain: libvirt.virDomain) -> None:
+        domain.undefine()
+        self.disk.unlink()
+
+    def _timed(self, step: str, action: Callable[[], object]) -> None:
+        started = time.monotonic()
+        action()
+        self.spent[step] = time.monotonic() - started
 
     def close(self) -> None:
         domain = self.conn.lookupByName(f"shelf-{self.spec.instance_id}")
@@ -129,6 +153,10 @@ class BareSide:
         self._dhcp(libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE)
         self.conn.close()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _moment(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
 
 
 def _drop_pools(root: Path) -> None:
@@ -155,17 +183,23 @@ def main(argv: list[str] | None = None) -> int:
         shelf = ShelfSide(image)  # first: it defines shelf-net if this libvirtd has none
         try:
             shelf_seconds = shelf.cycle()
+            steps = shelf.step_seconds()
         finally:
             shelf.close()
         bare = BareSide(image)
         try:
             bare_seconds = bare.cycle()
+            bare_steps = bare.spent
         finally:
             bare.close()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     print(f"# bench/qemu, {args.disk_mb} MB of data, {machine()}")
+    for step, seconds in steps.items():
+        figure(f"  {step}", seconds, "s")
     figure("shelf shelve+unshelve", shelf_seconds, "s")
+    for step, seconds in bare_steps.items():
+        figure(f"  bare: {step}", seconds, "s")
     figure("bare shelve+unshelve", bare_seconds, "s")
     print(f"ratio = {shelf_seconds / bare_seconds:.3f}")
     return 0

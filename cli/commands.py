@@ -33,6 +33,11 @@ AUDIT_COLUMNS = ("position", "start_time", "action", "instance_name", "host", "u
 IMAGE_COLUMNS = ("id", "name", "format", "virtual_size", "size", "created_at")
 
 
+def catch_up(ctx: Context) -> None:
+    """Bring the projections up to date before reading them (`serve` usually has)."""
+    ctx.projector.catch_up(progress=render.progress("catching up the projections"))
+
+
 # ---- hosts ------------------------------------------------------------------------------
 
 def host_add(ctx: Context, args: argparse.Namespace) -> int:
@@ -55,7 +60,7 @@ def host_add(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def host_list(ctx: Context, args: argparse.Namespace) -> int:
-    ctx.projector.catch_up()
+    catch_up(ctx)
     if args.as_of:
         hosts = queries.hosts_as_of(ctx.db, parse_time(args.as_of))
     else:
@@ -100,7 +105,7 @@ def instance_request(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def list_instances(ctx: Context, args: argparse.Namespace) -> int:
-    ctx.projector.catch_up()
+    catch_up(ctx)
     views = queries.live_instances(ctx.db)
     if args.json:
         render.print_json(views)
@@ -114,7 +119,7 @@ def show(ctx: Context, args: argparse.Namespace) -> int:
     if args.as_of:
         view = _instance_as_of(ctx, found, parse_time(args.as_of))
     else:
-        ctx.projector.catch_up()
+        catch_up(ctx)
         view = queries.instance(ctx.db, str(found.id)) or instance_view(found)
     if args.json:
         render.print_json(view)
@@ -125,7 +130,7 @@ def show(ctx: Context, args: argparse.Namespace) -> int:
 
 def _instance_as_of(ctx: Context, found: Instance, moment: str) -> dict[str, Any]:
     """The instance as its own events up to `moment` leave it."""
-    ctx.projector.catch_up()
+    catch_up(ctx)
     version = queries.version_at(ctx.db, str(found.id), moment)
     if version is None:
         raise NotFound(f"instance {found.id} did not exist at {moment}")
@@ -134,7 +139,7 @@ def _instance_as_of(ctx: Context, found: Instance, moment: str) -> dict[str, Any
 
 def history(ctx: Context, args: argparse.Namespace) -> int:
     found = resolve_instance(ctx.repo, args.instance)
-    ctx.projector.catch_up()
+    catch_up(ctx)
     records = queries.history(ctx.db, str(found.id))
     if args.json:
         render.print_json(records)
@@ -145,7 +150,7 @@ def history(ctx: Context, args: argparse.Namespace) -> int:
 
 def actions(ctx: Context, args: argparse.Namespace) -> int:
     found = resolve_instance(ctx.repo, args.instance)
-    ctx.projector.catch_up()
+    catch_up(ctx)
     listed = queries.actions(ctx.db, str(found.id))
     if args.json:
         render.print_json(listed)
@@ -164,7 +169,7 @@ def audit(ctx: Context, args: argparse.Namespace) -> int:
         instance_id=instance_id, host=args.host, action=args.action, user=args.user,
         result=args.result, after=args.after, limit=args.limit,
     )
-    ctx.projector.catch_up()
+    catch_up(ctx)
     page = queries.audit(ctx.db, wanted)
     if args.events:
         page = queries.with_events(ctx.db, page)
@@ -178,7 +183,7 @@ def audit(ctx: Context, args: argparse.Namespace) -> int:
 
 def projections_rebuild(ctx: Context, args: argparse.Namespace) -> int:
     started = time.monotonic()
-    events = ctx.projector.rebuild(args.names)
+    events = ctx.projector.rebuild(args.names, progress=render.progress("rebuilding"))
     seconds = time.monotonic() - started
     rate = events / seconds if seconds > 0 else 0.0
     print(f"rebuilt {', '.join(args.names) or 'all projections'}: {events} events "
@@ -257,7 +262,7 @@ def reconcile_command(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def _differences(ctx: Context) -> list[Difference]:
-    ctx.projector.catch_up()
+    catch_up(ctx)
     ids = [row["id"] for row in ctx.db.query("SELECT id FROM instances")]
     instances = [i for i in (find(ctx.repo, uuid.UUID(x), Instance) for x in ids) if i]
     return reconcile(instances, all_hosts(ctx.repo), ctx.hosts, ctx.images,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
@@ -67,3 +67,16 @@ def print_actions(actions: Sequence[dict[str, Any]]) -> None:
 def note(message: str) -> None:
     """A remark for the person at the terminal; never mixed into the printed data."""
     print(f"shelf: {message}", file=sys.stderr)
+
+
+def progress(doing: str) -> Callable[[int, int], None] | None:
+    """A line on stderr, rewritten after each batch, when a person is watching; else none."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(position: int, head: int) -> None:
+        end = "\n" if position >= head else ""
+        print(f"\rshelf: {doing}: event {position:,} of {head:,}", end=end, file=sys.stderr,
+              flush=True)
+
+    return show

@@ -9,7 +9,7 @@ positions together at the old position, and two processes can't both apply one b
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,6 +30,9 @@ FOLDED_TOPICS = (f"{Instance.__module__}:Instance.", f"{Host.__module__}:Host.")
 
 TRACKING_SCHEMA = """CREATE TABLE IF NOT EXISTS projection_tracking (
     name TEXT PRIMARY KEY, position BIGINT NOT NULL)"""
+
+
+Progress = Callable[[int, int], None]
 
 
 def all_projections() -> list[Projection]:
@@ -102,10 +105,12 @@ class ProjectionRunner:
 
     # ---- catching up ------------------------------------------------------------------
 
-    def catch_up(self, batch: int = BATCH) -> int:
+    def catch_up(self, batch: int = BATCH, progress: Progress | None = None) -> int:
         """Apply every event recorded since each projection's position; return how many
-        events were applied (an event counts once however many projections took it)."""
+        events were applied (an event counts once however many projections took it).
+        `progress(position, head)` is called after each batch written."""
         applied = 0
+        head = 0
         while True:
             positions = self.positions()
             start = min(positions.values())
@@ -116,6 +121,9 @@ class ProjectionRunner:
                 return applied
             if self._apply_batch(group, start, notifications):
                 applied += len(notifications)
+                if progress is not None:
+                    head = head or self.app.recorder.max_notification_id() or 0
+                    progress(notifications[-1].id, head)
 
     def _apply_batch(self, group: list[Projection], start: int, notifications: Any) -> bool:
         for projection in group:
@@ -181,7 +189,7 @@ class ProjectionRunner:
 
     # ---- rebuilding -------------------------------------------------------------------
 
-    def rebuild(self, names: Sequence[str] = ()) -> int:
+    def rebuild(self, names: Sequence[str] = (), progress: Progress | None = None) -> int:
         """Empty the named projections (all when none named) and replay every event."""
         chosen = self._chosen(names)
         self.ensure_schema()
@@ -196,7 +204,7 @@ class ProjectionRunner:
             self._written[projection.name] = 0
         self._aggregates.clear()
         self._last_at.clear()
-        return self.catch_up(batch=5 * BATCH)
+        return self.catch_up(batch=5 * BATCH, progress=progress)
 
     def _chosen(self, names: Sequence[str]) -> list[Projection]:
         known = {p.name: p for p in self.projections}

@@ -61,9 +61,13 @@ def parse_store_url(url: str) -> StoreURL:
         if not dbname:
             raise UsageError(f"bad store URL {url!r}: expected postgresql://HOST[:PORT]/DBNAME")
         schema = parse_qs(parsed.query).get("schema", [""])[0]
+        try:
+            port = parsed.port or 5432
+        except ValueError:
+            raise UsageError(f"bad store URL {url!r}: the port must be a number") from None
         return StoreURL(
             url=url, backend="postgres", pg_dbname=dbname,
-            pg_host=parsed.hostname or "127.0.0.1", pg_port=parsed.port or 5432,
+            pg_host=parsed.hostname or "127.0.0.1", pg_port=port,
             pg_user=unquote(parsed.username or "postgres"),
             pg_password=unquote(parsed.password or ""), pg_schema=schema,
         )

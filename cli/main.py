@@ -200,8 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return stop.code if isinstance(stop.code, int) else 2
     configure_logging(os.environ.get("SHELF_LOG_LEVEL")
                       or ("info" if args.command in ("serve",) else "warning"))
-    ctx = Context(args.store, args.user)
+    ctx: Context | None = None
     try:
+        ctx = Context(args.store, args.user)  # a bad --store is a usage error, too
         func: Command = args.func
         return func(ctx, args)
     except ShelfError as error:
@@ -211,7 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         return _fail(1, f"{type(error).__name__}: {error}")
     finally:
-        ctx.close()
+        if ctx is not None:
+            ctx.close()
 
 
 def _fail(code: int, message: str) -> int:

@@ -17,15 +17,15 @@ def parse_time(text: str, now: datetime | None = None) -> str:
     now = now or datetime.now(UTC)
     if text == "now":
         return str(utc_text(now))
-    relative = _RELATIVE.match(text)
-    if relative:
-        amount, unit = float(relative.group(1)), _UNITS[relative.group(2)]
-        return str(utc_text(now - timedelta(**{unit: amount})))
     try:
+        relative = _RELATIVE.match(text)
+        if relative:
+            amount, unit = float(relative.group(1)), _UNITS[relative.group(2)]
+            return str(utc_text(now - timedelta(**{unit: amount})))
         moment = datetime.fromisoformat(text)
-    except ValueError:
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return str(utc_text(moment))
+    except (ValueError, OverflowError):  # unreadable, or outside the years 1 to 9999
         raise UsageError(f"bad time {text!r}: use ISO 8601 (2026-11-24T09:30:00Z) "
                          "or a relative -30s, -15m, -2h, -3d, -1w") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return str(utc_text(moment))

@@ -84,7 +84,6 @@ class ProcessManager:
     def drive(self, instance_id: uuid.UUID) -> None:
         """Perform steps until the instance is idle (or another worker holds it)."""
         instance: Instance | None = None
-        self._saved_last.pop(instance_id, None)
         for _ in range(MAX_STEPS_PER_DRIVE):
             if instance is None:
                 instance = find(self.repo, instance_id, Instance)
@@ -94,8 +93,9 @@ class ProcessManager:
             if step is None:
                 if not self.offload_if_due(instance):
                     return
-                instance = None
+                instance = self._saved_last.pop(instance_id, None)
                 continue
+            self._saved_last.pop(instance_id, None)  # only what this step saves counts
             try:
                 self.perform(instance, step)
             except RecordConflict:

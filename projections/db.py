@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
 from adapters.eventstore import StoreURL
@@ -53,10 +53,12 @@ class Database:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # also when COMMIT itself failed (disk full, I/O)
+                    with suppress(sqlite3.Error):  # keep the first error, not this one
+                        conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
         else:
             with conn.transaction():
                 yield self

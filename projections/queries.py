@@ -37,9 +37,10 @@ def hosts(db: Database) -> list[dict[str, Any]]:
 def hosts_as_of(db: Database, moment: str) -> list[dict[str, Any]]:
     """Every host that existed at `moment`, as its last change before then left it."""
     rows = db.query(
-        "SELECT * FROM host_usage_history h WHERE position = ("
-        " SELECT max(position) FROM host_usage_history"
-        " WHERE name = h.name AND updated_at <= ?) ORDER BY name", (moment,))
+        "SELECT h.* FROM (SELECT name, max(position) AS last FROM host_usage_history"
+        " WHERE updated_at <= ? GROUP BY name) latest"
+        " JOIN host_usage_history h ON h.name = latest.name AND h.position = latest.last"
+        " ORDER BY h.name", (moment,))
     return [_host(row) for row in rows]
 
 

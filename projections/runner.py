@@ -194,6 +194,9 @@ class ProjectionRunner:
         chosen = self._chosen(names)
         self.ensure_schema()
         with self.db.transaction():
+            # Lock the tracking rows first, as a batch does: a batch being written now
+            # commits before these DELETEs run, so they see and remove its rows too.
+            self._locked_positions(chosen)
             for projection in chosen:
                 for table in projection.tables:
                     self.db.execute(f"DELETE FROM {table}")

@@ -221,6 +221,9 @@ def assert_catch_up_equals_rebuild(ctx: Context) -> None:
     ("projections", "rebuild", "nonsense"),
     ("audit", "--since", "last tuesday"),
     ("audit", "--limit", "-1"),
+    ("audit", "--since", "-900000w"),  # before the year 1
+    ("--store", "foo://x", "list"),
+    ("--store", "postgresql://h:port/db", "list"),
 ])
 def test_bad_projection_and_audit_input_is_one_line(harness_factory: Any,
                                                     argv: tuple[str, ...]) -> None:

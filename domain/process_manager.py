@@ -20,11 +20,11 @@ import structlog
 from domain import plans
 from domain import states as s
 from domain.errors import NoRoom
-from domain.host import Host, host_id_for
+from domain.host import CATALOG_ID, Host, HostCatalog, host_id_for
 from domain.instance import Instance
 from domain.ports import DomainSpec, HostDrivers, HypervisorError, ImageNotFound, ImageStore
 from domain.registry import AddressBlock, NameIndex, address_block_id, block_of, name_index_id
-from domain.service import RecordConflict, Repository, all_hosts, find
+from domain.service import RecordConflict, Repository, find
 
 MAX_STEPS_PER_DRIVE = 64
 CLAIM_ATTEMPTS = 10
@@ -67,6 +67,7 @@ class ProcessManager:
         self.failpoints = failpoints or NoFailpoints()
         self.clock = clock
         self._saved_last: dict[uuid.UUID, Instance] = {}  # per instance, see drive()
+        self._host_cache: dict[str, Host] = {}  # for ranking only, see _choose_host()
         self.log = structlog.get_logger("shelf.process_manager")
         self.steps: dict[str, Callable[[Instance], None]] = {
             plans.POWER_OFF: self.power_off, plans.POWER_ON: self.power_on,
@@ -307,13 +308,31 @@ class ProcessManager:
                 raise NoRoom(f"No valid host was found: no host named {instance.target_host}")
             return host
         need = (instance.vcpus, instance.memory_mb, instance.disk_gb)
-        fitting = [host for host in all_hosts(self.repo) if host.fits(*need)]
-        if not fitting:
-            raise NoRoom(
-                "No valid host was found. There are not enough hosts available "
-                f"for {need[0]} vcpus, {need[1]} MB and {need[2]} GB."
-            )
-        return max(fitting, key=lambda host: (host.free()["memory_mb"], host.name))
+        # Rank by what this worker last saw of each host (as Nova's scheduler ranks from its
+        # cache), then load only the best candidate afresh: the claim is checked and saved
+        # against that fresh copy, so a stale ranking can cost a retry, never an over-commit.
+        for cached in sorted(self._known_hosts(), reverse=True,
+                             key=lambda host: (host.free()["memory_mb"], host.name)):
+            fresh = find(self.repo, cached.id, Host)
+            if fresh is None:
+                continue
+            self._host_cache[fresh.name] = fresh
+            if fresh.fits(*need):
+                return fresh
+        raise NoRoom(
+            "No valid host was found. There are not enough hosts available "
+            f"for {need[0]} vcpus, {need[1]} MB and {need[2]} GB."
+        )
+
+    def _known_hosts(self) -> list[Host]:
+        catalog = find(self.repo, CATALOG_ID, HostCatalog)
+        names = catalog.names if catalog else []
+        for name in names:
+            if name not in self._host_cache:
+                host = find(self.repo, host_id_for(name), Host)
+                if host is not None:
+                    self._host_cache[name] = host
+        return [self._host_cache[name] for name in names if name in self._host_cache]
 
     def setup_network(self, instance: Instance) -> None:
         host = instance.claim_host

@@ -7,6 +7,7 @@ import os
 import sys
 import tempfile
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cli.bootstrap import Context
@@ -76,6 +77,7 @@ def _story(root: Path, store: str, worker_thread: threading.Thread) -> None:
     shelf(store, "list")
     say("host usage before")
     shelf(store, "host", "list")
+    before_shelving = datetime.now(UTC).isoformat()
     say("shelve web1 and db1: powered off, snapshotted, still holding their hosts' room")
     for name in ("web1", "db1"):
         shelf(store, "shelve", name, "--wait")
@@ -96,4 +98,7 @@ def _story(root: Path, store: str, worker_thread: threading.Thread) -> None:
     shelf(store, "host", "list")
     say("web1's actions (Nova-style instance actions, from its event history)")
     shelf(store, "actions", "web1")
+    say("the audit trail of every unshelve; every host as it was before the shelving")
+    shelf(store, "audit", "--action", "unshelve")
+    shelf(store, "host", "list", "--as-of", before_shelving)
     sys.stdout.flush()

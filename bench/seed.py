@@ -26,8 +26,11 @@ from adapters.images import DirectoryImageStore
 from adapters.libvirt_host import LibvirtHosts
 from adapters.volumes import DirectoryVolumeStore
 from domain.errors import ShelfError
+from domain.host import Host
+from domain.instance import Instance
 from domain.ports import HypervisorError
 from domain.process_manager import ProcessManager, Settings
+from domain.registry import NameIndex
 from domain.service import LifecycleService, new_request_id
 
 USERS = ("alice", "bob", "carol", "ops-bot")
@@ -66,9 +69,19 @@ class UnitOfWork:
         self.flushed += written
         return written
 
-    def forget_idle(self, keep: set[uuid.UUID]) -> None:
-        """Drop cached aggregates not in `keep` (memory stays flat over a long seed)."""
-        self._saved = {k: v for k, v in self._saved.items() if k in keep}
+    def forget_instances(self) -> None:
+        """Drop the cached instances and names, which grow with the seed; keep the hosts,
+        the catalog and the address blocks, which every boot reads again (this unit of
+        work is their only writer, so its copies stay true, and reloading a host from
+        thousands of unsnapshotted events after each flush made seeding quadratic)."""
+        self._saved = {k: v for k, v in self._saved.items()
+                       if not isinstance(v, Instance | NameIndex)}
+
+    def snapshot_hosts(self) -> None:
+        """Snapshots of the hosts, as `serve` would have taken them, for later readers."""
+        for aggregate_id, aggregate in self._saved.items():
+            if isinstance(aggregate, Host):
+                self.app.take_snapshot(aggregate_id)
 
 
 def _copy(aggregate: Any) -> Any:
@@ -132,11 +145,12 @@ class Seeder:
             if (number + 1) % self.flush_every == 0:
                 self._flush()
         self._flush()
+        self.repo.snapshot_hosts()
         return self.repo.flushed
 
     def _flush(self) -> None:
         self.repo.flush()
-        self.repo.forget_idle(set())
+        self.repo.forget_instances()
         self.on_flush()
 
     def live_one(self, name: str) -> None:

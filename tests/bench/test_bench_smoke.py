@@ -43,4 +43,4 @@ def test_audit_bench(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.e2e
 def test_qemu_bench(capsys: pytest.CaptureFixture[str]) -> None:
     _require_libvirtd()
-    run(qemu.main, ["--disk-mb", "16"], capsys)
+    run(qemu.main, ["--disk-mb", "16", "--runs", "1"], capsys)

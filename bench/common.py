@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -40,8 +41,13 @@ def bench_store(choice: str, keep: bool = False) -> Iterator[str]:
         return
     if choice == "sqlite":
         folder = tempfile.mkdtemp(prefix="shelf-bench-", dir="/var/tmp")
-        yield f"sqlite:///{folder}/shelf.db"
-        note(f"store kept: sqlite:///{folder}/shelf.db" if keep else "")
+        try:
+            yield f"sqlite:///{folder}/shelf.db"
+        finally:
+            if keep:
+                note(f"store kept: sqlite:///{folder}/shelf.db")
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
         return
     if choice != "postgres":
         raise SystemExit(f"bench: --store must be sqlite, postgres or a URL, not {choice!r}")

@@ -12,6 +12,7 @@ this process (starting a Python process per request would measure Python, not sh
 from __future__ import annotations
 
 import argparse
+import shutil
 import threading
 import time
 import uuid
@@ -88,6 +89,7 @@ class ShelfRun:
         self.stop.set()
         self.thread.join(timeout=60)
         self.ctx.close()
+        shutil.rmtree(self.work, ignore_errors=True)
 
 
 class BareRun:
@@ -135,6 +137,7 @@ class BareRun:
 
     def close(self) -> None:
         self.drivers.close()
+        shutil.rmtree(self.work, ignore_errors=True)
 
 
 def _ip(number: int) -> str:

@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 from adapters.failpoints import EnvFailpoints
+from adapters.libvirt_host import LibvirtHosts
 from cli.bootstrap import Context
 from cli.main import main
 from cli.worker import Worker
@@ -138,6 +139,16 @@ class Harness:
     def images(self) -> list[dict[str, Any]]:
         images: list[dict[str, Any]] = self.ok("image", "list", "--json").json()
         return images
+
+
+@pytest.fixture
+def hosts(store_url: str, tmp_path: Path) -> Iterator[Any]:
+    """Test-driver connections that outlive a worker: the hosts' state survives restarts."""
+    lookup = Context(store_url, "shelf", tmp_path / "data")
+    shared = LibvirtHosts(lookup.host_uri, tmp_path / "data")
+    yield shared
+    shared.close()
+    lookup.close()
 
 
 @pytest.fixture

@@ -5,22 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from adapters.images import DirectoryImageStore
-from adapters.libvirt_host import LibvirtHosts
-from cli.bootstrap import Context
 
 WAIT = ("--wait", "--timeout", "60")
-
-
-@pytest.fixture
-def hosts(store_url: str, tmp_path: Path) -> Any:
-    lookup = Context(store_url, "shelf", tmp_path / "data")
-    shared = LibvirtHosts(lookup.host_uri, tmp_path / "data")
-    yield shared
-    shared.close()
-    lookup.close()
 
 
 def offloaded_vm(harness_factory: Any, hosts: Any) -> Any:

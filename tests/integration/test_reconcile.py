@@ -11,24 +11,12 @@ from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from adapters.images import DirectoryImageStore
-from adapters.libvirt_host import LibvirtHosts
 from cli.bootstrap import Context
 from cli.commands import reconcile_command
 from domain.ports import DomainSpec
 
 WAIT = ("--wait", "--timeout", "60")
-
-
-@pytest.fixture
-def hosts(store_url: str, tmp_path: Path) -> Any:
-    lookup = Context(store_url, "shelf", tmp_path / "data")
-    shared = LibvirtHosts(lookup.host_uri, tmp_path / "data")
-    yield shared
-    shared.close()
-    lookup.close()
 
 
 def run_reconcile(store_url: str, tmp_path: Path, hosts: Any, fix: bool) -> tuple[int, Any]:

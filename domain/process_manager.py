@@ -165,11 +165,13 @@ class ProcessManager:
         self._save(instance)
 
     def _save(self, *aggregates: Any) -> None:
-        """Save in one transaction; remember the instance object that is now the stored state."""
+        """Save in one transaction; remember the objects that are now the stored state."""
         self.repo.save(*aggregates)
         for aggregate in aggregates:
             if isinstance(aggregate, Instance):
                 self._saved_last[aggregate.id] = aggregate
+            elif isinstance(aggregate, Host):  # keeps this worker's ranking view current
+                self._host_cache[aggregate.name] = aggregate
 
     def _spec(self, instance: Instance) -> DomainSpec:
         return DomainSpec(

@@ -227,3 +227,20 @@ def test_spawn_failure_on_boot_ends_in_error(harness_factory: Any) -> None:
                      "--disk-gb", "1", "--image", "no-such-image", *WAIT)
     assert result.code == 3  # refused before anything is recorded
     assert h.ok("list", "--json").json() == []
+
+
+def test_placement_sees_room_that_an_offload_just_released(harness_factory: Any) -> None:
+    h = harness_factory()
+    h.add_host("h1", memory_mb=16384)
+    h.add_host("h2", memory_mb=8192)
+    h.ok("boot", "x", "--host", "h2", "--vcpus", "1", "--memory-mb", "1024", "--disk-gb", "1",
+         *WAIT)
+    h.ok("shelve", "x", *WAIT)
+    h.ok("boot", "big", "--host", "h1", "--vcpus", "1", "--memory-mb", "12288",
+         "--disk-gb", "1", *WAIT)
+    h.ok("unshelve", "x", *WAIT)  # h1 has 4096 MB free, h2 8192: h2
+    assert h.show("x")["host"] == "h2"
+    h.ok("shelve", "big", *WAIT)  # offloaded: h1 has all 16384 free again
+    h.ok("shelve", "x", *WAIT)
+    h.ok("unshelve", "x", *WAIT)  # the worker must see both releases: h1
+    assert h.show("x")["host"] == "h1"

@@ -8,6 +8,7 @@ concurrency on the aggregate means two workers can never both record one step.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from domain.registry import AddressBlock, NameIndex, address_block_id, block_of,
 from domain.service import RecordConflict, Repository, find
 
 MAX_STEPS_PER_DRIVE = 64
+HOST_VIEW_SECONDS = 5.0  # how stale a host may look when ranking (a claim always reloads it)
 CLAIM_ATTEMPTS = 10
 SERVICE_USER = "shelf"
 
@@ -67,7 +69,8 @@ class ProcessManager:
         self.failpoints = failpoints or NoFailpoints()
         self.clock = clock
         self._saved_last: dict[uuid.UUID, Instance] = {}  # per instance, see drive()
-        self._host_cache: dict[str, Host] = {}  # for ranking only, see _choose_host()
+        # name -> (when seen, host): for ranking only, see _choose_host()
+        self._host_cache: dict[str, tuple[float, Host]] = {}
         self.log = structlog.get_logger("shelf.process_manager")
         self.steps: dict[str, Callable[[Instance], None]] = {
             plans.POWER_OFF: self.power_off, plans.POWER_ON: self.power_on,
@@ -171,7 +174,7 @@ class ProcessManager:
             if isinstance(aggregate, Instance):
                 self._saved_last[aggregate.id] = aggregate
             elif isinstance(aggregate, Host):  # keeps this worker's ranking view current
-                self._host_cache[aggregate.name] = aggregate
+                self._host_cache[aggregate.name] = (time.monotonic(), aggregate)
 
     def _spec(self, instance: Instance) -> DomainSpec:
         return DomainSpec(
@@ -318,7 +321,7 @@ class ProcessManager:
             fresh = find(self.repo, cached.id, Host)
             if fresh is None:
                 continue
-            self._host_cache[fresh.name] = fresh
+            self._host_cache[fresh.name] = (time.monotonic(), fresh)
             if fresh.fits(*need):
                 return fresh
         raise NoRoom(
@@ -327,14 +330,18 @@ class ProcessManager:
         )
 
     def _known_hosts(self) -> list[Host]:
+        """Every host as this worker last saw it; views older than HOST_VIEW_SECONDS are
+        reloaded, so what other workers claimed or released shows up soon."""
         catalog = find(self.repo, CATALOG_ID, HostCatalog)
         names = catalog.names if catalog else []
+        now = time.monotonic()
         for name in names:
-            if name not in self._host_cache:
+            seen = self._host_cache.get(name)
+            if seen is None or now - seen[0] > HOST_VIEW_SECONDS:
                 host = find(self.repo, host_id_for(name), Host)
                 if host is not None:
-                    self._host_cache[name] = host
-        return [self._host_cache[name] for name in names if name in self._host_cache]
+                    self._host_cache[name] = (now, host)
+        return [self._host_cache[name][1] for name in names if name in self._host_cache]
 
     def setup_network(self, instance: Instance) -> None:
         host = instance.claim_host

@@ -3,7 +3,9 @@ once) and unshelved, through the service's recorded requests and `serve`'s worke
 process manager; then the same libvirt calls in a bare loop with no event sourcing.
 Prints cycles/s and events/s of each and `ratio = shelf_rate / bare_rate` last.
 
-    python -m bench.lifecycle --store postgres --instances 1000 --hosts 10
+    python -m bench.lifecycle --store postgres --instances 1000 --hosts 20
+
+A test-driver host's pool holds 100 GB, so N instances of 1 GB need more than N/100 hosts.
 
 A request is recorded by the same `LifecycleService` call that `shelf shelve` makes, in
 this process (starting a Python process per request would measure Python, not shelf).
@@ -31,6 +33,9 @@ NODE = ("<node><cpu><nodes>1</nodes><sockets>1</sockets><cores>256</cores><threa
         "<active>256</active><mhz>2000</mhz></cpu><memory>1073741824</memory></node>\n")
 
 
+TEST_POOL_GB = 100
+
+
 def node_uri(folder: Path, name: str) -> str:
     node = folder / f"{name}.xml"
     node.write_text(NODE)
@@ -45,8 +50,10 @@ class ShelfRun:
         self.ctx = Context(url, "bench", self.work / "data")
         for number in range(hosts):
             name = f"h{number:03d}"
+            # 100 GB: what a test-driver host's storage pool really holds, so placement
+            # refuses (rather than libvirt failing) once a host's pool is full.
             self.ctx.service.add_host(name, node_uri(self.work, name), 100_000, 10_000_000,
-                                      1_000_000, "bench", new_request_id())
+                                      TEST_POOL_GB, "bench", new_request_id())
         self.names = [f"h{number:03d}" for number in range(hosts)]
         self.ctx.projector.ensure_schema()  # wait_for reads it before the worker's first pass
         self.worker = Worker(self.ctx, Settings(shutdown_timeout=0), threads=threads)
@@ -78,6 +85,10 @@ class ShelfRun:
                                 "WHERE vm_state = ? AND task_state IS NULL", (vm_state,))
                 if rows and rows[0]["n"] == len(self.ids):
                     return
+                stuck = db.query("SELECT name, fault FROM instances WHERE task_state IS NULL "
+                                 "AND vm_state != ? AND fault IS NOT NULL", (vm_state,))
+                if stuck:  # a failed step: say so rather than wait for ever
+                    raise SystemExit(f"bench: {stuck[0]['name']} failed: {stuck[0]['fault']}")
                 time.sleep(0.02)
         finally:
             db.close()

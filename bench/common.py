@@ -80,10 +80,6 @@ def ensure_events(ctx: Context, events: int, hosts: int) -> int:
     return have
 
 
-def raw_table(store: StoreURL) -> str:
-    return "shelf_events" if store.backend == "postgres" else "stored_events"
-
-
 def parse(text: str) -> StoreURL:
     return parse_store_url(text)
 

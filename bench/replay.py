@@ -1,38 +1,40 @@
 """Replay speed: rebuild every projection from N stored events, against a raw SELECT of the
-same rows with no decoding. Prints events/s of each and `ratio = rebuild / raw` last.
+same rows with no decoding (plain tuples, as the rebuild reads them). Prints events/s of
+each and `ratio = rebuild / raw` last.
 
-    python -m bench.replay --events 100000 --store postgres
+    python -m bench.replay --events 100000 --store postgres [--jobs 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
-from bench.common import bench_store, ensure_events, figure, machine, raw_table, store_options
+from bench.common import bench_store, ensure_events, figure, machine, store_options
 from cli.bootstrap import Context
-from projections.runner import ProjectionRunner
+from projections.reading import EventReader
+from projections.runner import REBUILD_BATCH, ProjectionRunner
 
 
 def raw_select_seconds(ctx: Context, batch: int) -> tuple[int, float]:
     """Read every stored event's row, in the rebuild's batch size, decoding nothing."""
-    table = raw_table(ctx.store)
-    position = "rowid" if ctx.store.backend == "sqlite" else "notification_id"
+    reader = EventReader(ctx.db, ctx.app.mapper)
     started, rows, last = time.monotonic(), 0, 0
     while True:
-        page = ctx.db.query(f"SELECT {position} AS position, originator_id, "
-                            f"originator_version, topic, state FROM {table} "
-                            f"WHERE {position} > ? ORDER BY {position} LIMIT {batch}", (last,))
+        page = reader.rows(last, batch)
         if not page:
             return rows, time.monotonic() - started
         rows += len(page)
-        last = page[-1]["position"]
+        last = page[-1][0]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--hosts", type=int, default=20)
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="processes replaying at once, as `projections rebuild --jobs`")
     store_options(parser)
     args = parser.parse_args(argv)
     with bench_store(args.store, args.keep) as url:
@@ -41,13 +43,13 @@ def main(argv: list[str] | None = None) -> int:
             stored = ensure_events(ctx, args.events, args.hosts)
             runner = ProjectionRunner(ctx.app, ctx.db)
             started = time.monotonic()
-            replayed = runner.rebuild()
+            replayed = runner.rebuild(jobs=args.jobs)
             rebuild_seconds = time.monotonic() - started
-            rows, raw_seconds = raw_select_seconds(ctx, 5000)
+            rows, raw_seconds = raw_select_seconds(ctx, REBUILD_BATCH)
         finally:
             ctx.close()
     rebuild_rate, raw_rate = replayed / rebuild_seconds, rows / raw_seconds
-    print(f"# bench/replay on {ctx.store.backend}, {machine()}")
+    print(f"# bench/replay on {ctx.store.backend}, --jobs {args.jobs}, {machine()}")
     figure("events stored", stored)
     figure("rebuild seconds", rebuild_seconds, "s")
     figure("rebuild events/s", rebuild_rate, "events/s")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import threading
 import time
@@ -182,8 +183,12 @@ def audit(ctx: Context, args: argparse.Namespace) -> int:
 # ---- projections --------------------------------------------------------------------------
 
 def projections_rebuild(ctx: Context, args: argparse.Namespace) -> int:
+    jobs = args.jobs if args.jobs is not None else os.cpu_count() or 1
+    if jobs < 1:
+        raise UsageError(f"--jobs must be 1 or more, not {jobs}")
     started = time.monotonic()
-    events = ctx.projector.rebuild(args.names, progress=render.progress("rebuilding"))
+    events = ctx.projector.rebuild(args.names, progress=render.progress("rebuilding"),
+                                   jobs=jobs)
     seconds = time.monotonic() - started
     rate = events / seconds if seconds > 0 else 0.0
     print(f"rebuilt {', '.join(args.names) or 'all projections'}: {events} events "

@@ -129,6 +129,9 @@ def _add_audit_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     rebuild = projections.add_parser("rebuild", help="empty and replay from the event store")
     rebuild.add_argument("names", nargs="*", metavar="NAME",
                          help="instances, host_usage or audit (default: all)")
+    rebuild.add_argument("--jobs", type=int, default=None, metavar="N",
+                         help="processes replaying at once, on PostgreSQL (default: one "
+                              "per CPU, at most one per projection; SQLite: 1)")
     rebuild.set_defaults(func=commands.projections_rebuild)
     status = projections.add_parser("status", help="each projection's position and lag")
     _json_option(status)

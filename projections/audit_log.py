@@ -16,7 +16,6 @@ from domain.instance import Instance
 from projections.audit import apply_record, event_record, new_action
 from projections.base import Change
 from projections.db import Database
-from projections.instances import upsert
 
 ACTION_COLUMNS = (
     "instance_id", "request_id", "position", "instance_name", "action", "user", "host",
@@ -47,6 +46,7 @@ class _Seen:
 class AuditProjection:
     name = "audit"
     tables = ("audit_actions", "audit_events", "audit_history")
+    folds = (Instance,)
     schema = (
         """CREATE TABLE IF NOT EXISTS audit_actions (
             instance_id TEXT NOT NULL, request_id TEXT NOT NULL, position BIGINT NOT NULL,
@@ -71,7 +71,6 @@ class AuditProjection:
             timestamp TEXT NOT NULL, event TEXT NOT NULL, "user" TEXT, request_id TEXT,
             record TEXT NOT NULL, PRIMARY KEY (instance_id, version))""",
     )
-    _upsert_action = upsert("audit_actions", ACTION_COLUMNS, "instance_id", "request_id")
 
     def __init__(self) -> None:
         self._seen: list[_Seen] = []
@@ -110,8 +109,8 @@ class AuditProjection:
                             record["timestamp"], record["event"], record["user"],
                             record["request_id"], _JSON.encode(record).decode()))
         self._seen = []
-        db.executemany(self._upsert_action,
-                       [tuple(a[column] for column in ACTION_COLUMNS) for a in actions.values()])
+        db.replace_many("audit_actions", ACTION_COLUMNS, ("instance_id", "request_id"),
+                        [tuple(a[column] for column in ACTION_COLUMNS) for a in actions.values()])
         db.insert_many("audit_events", EVENT_COLUMNS, events)
         db.insert_many("audit_history", HISTORY_COLUMNS, history)
 

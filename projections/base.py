@@ -9,16 +9,15 @@ position can never disagree.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from projections.db import Database
 
 
-@dataclass(frozen=True)
-class Change:
-    """One stored event with the aggregate as it stood right after it."""
+class Change(NamedTuple):
+    """One stored event with the aggregate as it stood right after it (a tuple: one is
+    made per event replayed, and tuples are the cheapest to make)."""
 
     position: int  # the event's notification id: its place in the whole store
     event: Any
@@ -31,6 +30,10 @@ class Change:
 class Projection(Protocol):
     @property
     def name(self) -> str: ...
+
+    @property
+    def folds(self) -> tuple[type, ...]:
+        """The aggregate classes whose events this projection observes."""
 
     @property
     def schema(self) -> tuple[str, ...]:

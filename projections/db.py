@@ -92,10 +92,49 @@ class Database:
             for row in rows:
                 copy.write_row(row)
 
+    def replace_many(self, table: str, columns: Sequence[str], keys: Sequence[str],
+                     rows: Sequence[Sequence[Any]]) -> None:
+        """Insert rows, replacing the rows with the same key (`keys`: the primary key's
+        columns; at most one row per key). PostgreSQL: one DELETE for all the keys, then
+        COPY, instead of a round trip per row; SQLite: an upsert per row."""
+        if not rows:
+            return
+        if self.backend == "sqlite":
+            self.executemany(upsert_sql(table, columns, keys), rows)
+            return
+        places = [columns.index(key) for key in keys]
+        self.delete_many(table, keys, [tuple(row[place] for place in places) for row in rows])
+        self.insert_many(table, columns, rows)
+
+    def delete_many(self, table: str, keys: Sequence[str],
+                    values: Sequence[Sequence[str]]) -> None:
+        """Delete the rows whose text key columns `keys` hold one of `values`: in one
+        statement on PostgreSQL."""
+        if not values:
+            return
+        key_list = ", ".join(f'"{key}"' for key in keys)
+        if self.backend == "sqlite":
+            where = " AND ".join(f'"{key}" = ?' for key in keys)
+            self.executemany(f"DELETE FROM {table} WHERE {where}", values)
+            return
+        unnest = ", ".join("%s::text[]" for _ in keys)
+        self._connect().execute(
+            f"DELETE FROM {table} WHERE ({key_list}) IN (SELECT * FROM unnest({unnest}))",
+            [[value[i] for value in values] for i in range(len(keys))])
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         cursor = self._connect().execute(self._sql(sql), params)
         names = [column[0] for column in cursor.description or ()]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Plain tuples, PostgreSQL's in binary: for reading many rows fast."""
+        conn = self._connect()
+        if self.backend == "sqlite":
+            return list(conn.execute(sql, params).fetchall())
+        with conn.cursor(binary=True) as cursor:
+            cursor.execute(self._sql(sql), params)
+            return list(cursor.fetchall())
 
     def close(self) -> None:
         if self._sqlite is not None:
@@ -104,6 +143,18 @@ class Database:
         if self._pg is not None:
             self._pg.close()
             self._pg = None
+
+
+def upsert_sql(table: str, columns: Sequence[str], keys: Sequence[str]) -> str:
+    """INSERT ... ON CONFLICT DO UPDATE, which SQLite and PostgreSQL both understand."""
+    quoted = [f'"{column}"' for column in columns]
+    key_list = ", ".join(f'"{key}"' for key in keys)
+    updates = ", ".join(f"{q} = excluded.{q}" for q, c in zip(quoted, columns, strict=True)
+                        if c not in keys)
+    return (
+        f"INSERT INTO {table} ({', '.join(quoted)}) VALUES ({', '.join('?' * len(columns))}) "
+        f"ON CONFLICT ({key_list}) DO UPDATE SET {updates}"
+    )
 
 
 def _psycopg() -> Any:

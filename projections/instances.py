@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from domain.instance import Instance
 from projections.base import Change
 from projections.db import Database
 from projections.views import INSTANCE_COLUMNS, instance_row, instance_view
 
 
-def upsert(table: str, columns: Sequence[str], *keys: str) -> str:
-    """INSERT ... ON CONFLICT DO UPDATE, which SQLite and PostgreSQL both understand."""
-    quoted = [f'"{column}"' for column in columns]
-    key_list = ", ".join(f'"{key}"' for key in keys)
-    updates = ", ".join(f"{q} = excluded.{q}" for q, c in zip(quoted, columns, strict=True)
-                        if c not in keys)
-    return (
-        f"INSERT INTO {table} ({', '.join(quoted)}) VALUES ({', '.join('?' * len(columns))}) "
-        f"ON CONFLICT ({key_list}) DO UPDATE SET {updates}"
-    )
-
-
 class InstancesProjection:
     name = "instances"
     tables = ("instances",)
+    folds = (Instance,)
     schema = (
         """CREATE TABLE IF NOT EXISTS instances (
             id TEXT PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL,
@@ -39,7 +26,6 @@ class InstancesProjection:
         "CREATE INDEX IF NOT EXISTS instances_vm_state ON instances (vm_state)",
         "CREATE INDEX IF NOT EXISTS instances_created ON instances (created_at)",
     )
-    _upsert = upsert("instances", INSTANCE_COLUMNS, "id")
 
     def __init__(self) -> None:
         self._latest: dict[str, Instance] = {}  # one write per instance per batch
@@ -51,7 +37,7 @@ class InstancesProjection:
     def write(self, db: Database) -> None:
         # The last state of the batch is the one written, so the live object will do.
         rows = [instance_row(instance_view(state)) for state in self._latest.values()]
-        db.executemany(self._upsert, rows)
+        db.replace_many("instances", INSTANCE_COLUMNS, ("id",), rows)
         self._latest.clear()
 
     def forget(self, empty: bool = False) -> None:

@@ -23,10 +23,11 @@ from projections.audit_log import AuditProjection
 from projections.base import Change, Projection, utc_text
 from projections.db import Database
 from projections.instances import InstancesProjection
+from projections.reading import EventReader
 from projections.usage import HostUsageProjection
 
 BATCH = 1000
-FOLDED_TOPICS = (f"{Instance.__module__}:Instance.", f"{Host.__module__}:Host.")
+REBUILD_BATCH = 5000
 
 TRACKING_SCHEMA = """CREATE TABLE IF NOT EXISTS projection_tracking (
     name TEXT PRIMARY KEY, position BIGINT NOT NULL)"""
@@ -72,6 +73,7 @@ class ProjectionRunner:
         self._last_at: dict[uuid.UUID, str] = {}  # each cached aggregate's last event time
         self._written: dict[str, int] = {}  # what this runner last wrote: its caches' basis
         self._schema_ready = False
+        self.reader = EventReader(db, app.mapper)
 
     # ---- schema and positions ---------------------------------------------------------
 
@@ -115,25 +117,25 @@ class ProjectionRunner:
             positions = self.positions()
             start = min(positions.values())
             group = [p for p in self.projections if positions[p.name] == start]
-            notifications = self.app.recorder.select_notifications(
-                start, batch, inclusive_of_start=False)
-            if not notifications:
+            rows = self.reader.rows(start, batch)
+            if not rows:
                 return applied
-            if self._apply_batch(group, start, notifications):
-                applied += len(notifications)
+            if self._apply_batch(group, start, rows):
+                applied += len(rows)
                 if progress is not None:
                     head = head or self.app.recorder.max_notification_id() or 0
-                    progress(notifications[-1].id, head)
+                    progress(rows[-1][0], head)
 
-    def _apply_batch(self, group: list[Projection], start: int, notifications: Any) -> bool:
+    def _apply_batch(self, group: list[Projection], start: int,
+                     rows: Sequence[tuple[Any, ...]]) -> bool:
         for projection in group:
             if self._written.get(projection.name) != start:  # caches from another basis
                 projection.forget(empty=start == 0)
         try:
-            for change in self._changes(notifications):
+            for change in self._changes(rows, _topics_of(group)):
                 for projection in group:
                     projection.observe(change)
-            end = notifications[-1].id
+            end = rows[-1][0]
             with self.db.transaction():
                 if self._locked_positions(group) != {p.name: start for p in group}:
                     raise _Moved
@@ -160,16 +162,16 @@ class ProjectionRunner:
             f"WHERE name IN ({', '.join('?' * len(names))}){lock}", names)
         return {row["name"]: int(row["position"]) for row in rows}
 
-    def _changes(self, notifications: Any) -> Iterable[Change]:
-        for notification in notifications:
-            if not notification.topic.startswith(FOLDED_TOPICS):
-                continue  # names, addresses, the host catalog: no projection reads them
-            event: Any = self.app.mapper.to_domain_event(notification)
+    def _changes(self, rows: Sequence[tuple[Any, ...]],
+                 topics: tuple[str, ...]) -> Iterable[Change]:
+        for row in rows:
+            if not row[3].startswith(topics):
+                continue  # names, addresses, the host catalog, ...: none of these reads them
+            event: Any = self.reader.decode(row)
             at = str(utc_text(event.timestamp))
             previous_at, state = self._fold(event)
             self._last_at[event.originator_id] = at
-            yield Change(notification.id, event, state, str(event.originator_id), at,
-                         previous_at)
+            yield Change(row[0], event, state, str(event.originator_id), at, previous_at)
 
     def _fold(self, event: Any) -> tuple[str | None, Any]:
         """(when the aggregate was last changed before `event`, the aggregate after it)."""
@@ -189,10 +191,25 @@ class ProjectionRunner:
 
     # ---- rebuilding -------------------------------------------------------------------
 
-    def rebuild(self, names: Sequence[str] = (), progress: Progress | None = None) -> int:
-        """Empty the named projections (all when none named) and replay every event."""
+    def rebuild(self, names: Sequence[str] = (), progress: Progress | None = None,
+                jobs: int = 1) -> int:
+        """Empty the named projections (all when none named) and replay every event.
+        With `jobs` > 1 on PostgreSQL the projections are replayed in that many processes
+        at once (each one's rows and position still move together, batch by batch)."""
         chosen = self._chosen(names)
         self.ensure_schema()
+        self._empty(chosen)
+        groups = split_by_cost(chosen, jobs if self.db.backend == "postgres" else 1)
+        if len(groups) == 1:
+            return self.replay_emptied(progress)
+        from projections.parallel import replay_in_processes  # it imports this module
+
+        def where() -> tuple[int, int]:
+            return self.position(), self.app.recorder.max_notification_id() or 0
+
+        return replay_in_processes(self.db.store.url, groups, progress, where)
+
+    def _empty(self, chosen: Sequence[Projection]) -> None:
         with self.db.transaction():
             # Lock the tracking rows first, as a batch does: a batch being written now
             # commits before these DELETEs run, so they see and remove its rows too.
@@ -202,12 +219,15 @@ class ProjectionRunner:
                     self.db.execute(f"DELETE FROM {table}")
             self.db.executemany("UPDATE projection_tracking SET position = 0 WHERE name = ?",
                                 [(p.name,) for p in chosen])
-        for projection in chosen:
+
+    def replay_emptied(self, progress: Progress | None = None) -> int:
+        """Replay every event into this runner's projections, just emptied."""
+        for projection in self.projections:
             projection.forget(empty=True)
             self._written[projection.name] = 0
         self._aggregates.clear()
         self._last_at.clear()
-        return self.catch_up(batch=5 * BATCH, progress=progress)
+        return self.catch_up(batch=REBUILD_BATCH, progress=progress)
 
     def _chosen(self, names: Sequence[str]) -> list[Projection]:
         known = {p.name: p for p in self.projections}
@@ -216,6 +236,27 @@ class ProjectionRunner:
             raise UsageError(f"no such projection: {', '.join(unknown)} "
                              f"(there are: {', '.join(known)})")
         return [known[name] for name in names] if names else list(self.projections)
+
+
+# How much of a replay's time each projection takes, roughly: splits the work evenly.
+REPLAY_COST = {"audit": 3, "host_usage": 2, "instances": 1}
+
+
+def split_by_cost(projections: Sequence[Projection], jobs: int) -> list[list[str]]:
+    """The projections' names in at most `jobs` groups of about equal replay cost."""
+    groups: list[list[str]] = [[] for _ in range(max(1, min(jobs, len(projections))))]
+    costs = [0] * len(groups)
+    for projection in sorted(projections, key=lambda p: -REPLAY_COST.get(p.name, 1)):
+        lightest = costs.index(min(costs))
+        groups[lightest].append(projection.name)
+        costs[lightest] += REPLAY_COST.get(projection.name, 1)
+    return groups
+
+
+def _topics_of(group: Iterable[Projection]) -> tuple[str, ...]:
+    """The topic prefixes of the events of the aggregates the group folds."""
+    return tuple(dict.fromkeys(f"{cls.__module__}:{cls.__qualname__}."
+                               for projection in group for cls in projection.folds))
 
 
 class _Moved(Exception):

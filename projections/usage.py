@@ -19,7 +19,6 @@ from domain.instance import Instance
 from domain.states import DELETED
 from projections.base import Change
 from projections.db import Database
-from projections.instances import upsert
 from projections.views import host_view
 
 USAGE_COLUMNS = (
@@ -52,6 +51,7 @@ class _MemberSeen:
 class HostUsageProjection:
     name = "host_usage"
     tables = ("host_usage", "host_members", "host_usage_history")
+    folds = (Instance, Host)
     schema = (
         f"CREATE TABLE IF NOT EXISTS host_usage ({_USAGE_DDL}, PRIMARY KEY (name))",
         f"CREATE TABLE IF NOT EXISTS host_usage_history ({_USAGE_DDL}, "
@@ -61,7 +61,6 @@ class HostUsageProjection:
         """CREATE TABLE IF NOT EXISTS host_members (
             instance_id TEXT PRIMARY KEY, host TEXT NOT NULL, status TEXT NOT NULL)""",
     )
-    _upsert_usage = upsert("host_usage", USAGE_COLUMNS, "name")
 
     def __init__(self) -> None:
         self._seen: list[_HostSeen | _MemberSeen] = []
@@ -121,9 +120,9 @@ class HostUsageProjection:
                 continue
             host, status = member
             counts = self._counts_of(db, host)
-            counts[status] += step
-            counts += Counter()  # drop statuses that reached zero
-            self._counts[host] = counts
+            counts[status] = left = counts.get(status, 0) + step
+            if not left:
+                del counts[status]
             row = self._row(db, host)
             if row is not None:
                 row.update(instances=sum(counts.values()), statuses=_statuses(counts))
@@ -158,15 +157,12 @@ class HostUsageProjection:
 
     def _flush(self, db: Database, hosts: set[str], moved: dict[str, tuple[str, str] | None],
                history: list[tuple[Any, ...]]) -> None:
-        db.executemany(self._upsert_usage,
-                       [self._values(row) for name in sorted(hosts)
-                        if (row := self._rows.get(name)) is not None])
-        gone = [(instance_id,) for instance_id, member in moved.items() if member is None]
-        db.executemany("DELETE FROM host_members WHERE instance_id = ?", gone)
-        db.executemany(
-            upsert("host_members", ("instance_id", "host", "status"), "instance_id"),
-            [(instance_id, *member) for instance_id, member in moved.items() if member],
-        )
+        db.replace_many("host_usage", USAGE_COLUMNS, ("name",),
+                        [self._values(row) for name in sorted(hosts)
+                         if (row := self._rows.get(name)) is not None])
+        db.delete_many("host_members", ("instance_id",), [(instance_id,) for instance_id in moved])
+        db.insert_many("host_members", ("instance_id", "host", "status"),
+                       [(instance_id, *member) for instance_id, member in moved.items() if member])
         db.insert_many("host_usage_history", USAGE_COLUMNS, history)
 
 

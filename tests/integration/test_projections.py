@@ -68,6 +68,15 @@ def test_incremental_equals_rebuilt_over_a_long_random_history(
     assert fresh.rebuild() == ctx.app.recorder.max_notification_id()
     assert dump(ctx.db) == incremental
     assert {s.lag for s in fresh.status()} == {0}
+
+    # The CLI's rebuild, in three processes at once on PostgreSQL (one on SQLite).
+    rebuilt = subprocess.run([SHELF, "--store", store_url, "projections", "rebuild",
+                              "--jobs", "3"], capture_output=True, text=True, timeout=600,
+                             env={**os.environ, "SHELF_DATA_DIR": str(tmp_path / "data")})
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert f"{ctx.app.recorder.max_notification_id()} events" in rebuilt.stdout
+    assert dump(ctx.db) == incremental
+    assert {s.lag for s in fresh.status()} == {0}
     ctx.close()
 
 
@@ -219,6 +228,7 @@ def assert_catch_up_equals_rebuild(ctx: Context) -> None:
 
 @pytest.mark.parametrize("argv", [
     ("projections", "rebuild", "nonsense"),
+    ("projections", "rebuild", "--jobs", "0"),
     ("audit", "--since", "last tuesday"),
     ("audit", "--limit", "-1"),
     ("audit", "--since", "-900000w"),  # before the year 1

@@ -5,12 +5,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint unit system venv services
+.PHONY: demo test lint unit system venv services bytecode
 
-demo: $(STAMP)
+demo: $(STAMP) bytecode
 	$(VENV)/bin/shelf demo
 
-test: $(STAMP) services lint
+test: $(STAMP) bytecode services lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
@@ -33,4 +33,10 @@ $(STAMP): pyproject.toml | system
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-venv: $(STAMP)
+venv: $(STAMP) bytecode
+
+# The editable install leaves the project's own modules uncompiled, and where
+# PYTHONDONTWRITEBYTECODE is set every `shelf` command would compile them again (about
+# 50 ms of each start-up). A stale .pyc is never used: Python checks the source's mtime.
+bytecode: $(STAMP)
+	$(PY) -m compileall -q domain adapters projections cli bench > /dev/null

@@ -13,8 +13,7 @@ import os
 from collections.abc import Callable
 from typing import NoReturn
 
-import structlog
-
+from adapters.logs import get_logger
 from domain.errors import UsageError
 from domain.plans import HYPERVISOR_STEPS
 from domain.ports import HypervisorError
@@ -59,8 +58,7 @@ class EnvFailpoints:
         action = self.points.get(name)
         if action is None:
             return
-        structlog.get_logger("shelf.failpoints").warning("failpoint.hit", failpoint=name,
-                                                        action=action)
+        get_logger("shelf.failpoints").warning("failpoint.hit", failpoint=name, action=action)
         if action == "crash":
             self.crash()
         raise HypervisorError(f"failpoint {name} injected an error")

@@ -17,11 +17,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
-import structlog
-
+from adapters.logs import get_logger
 from domain.ports import ImageInfo, ImageNotFound
 
-log = structlog.get_logger()
+log = get_logger()
 
 QCOW2_MAGIC = b"QFI\xfb"
 IMAGE_SUFFIX = ".img"

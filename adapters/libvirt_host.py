@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
 import libvirt
-import structlog
 
 from adapters.images import bytes_on_disk, probe_disk_file
 from adapters.libvirt_xml import (
@@ -48,6 +47,7 @@ from adapters.libvirt_xml import (
     pool_target_path,
     volume_xml,
 )
+from adapters.logs import get_logger
 from domain.ports import (
     NOSTATE,
     PAUSED,
@@ -61,7 +61,7 @@ from domain.ports import (
     ImageNotFound,
 )
 
-log = structlog.get_logger()
+log = get_logger()
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from adapters.eventstore import (
     DEFAULT_STORE,
@@ -16,13 +17,16 @@ from adapters.eventstore import (
 )
 from adapters.failpoints import EnvFailpoints
 from adapters.images import DirectoryImageStore
+from adapters.logs import ensure_configured
 from adapters.volumes import DirectoryVolumeStore
 from domain.errors import NotFound
 from domain.ports import HostDrivers
-from domain.process_manager import Failpoints, ProcessManager, Settings
 from domain.service import LifecycleService, resolve_host
 from projections.db import Database
 from projections.runner import ProjectionRunner
+
+if TYPE_CHECKING:  # the process manager (and structlog) only for commands that drive
+    from domain.process_manager import Failpoints, ProcessManager, Settings
 
 
 def default_data_dir() -> Path:
@@ -98,6 +102,9 @@ class Context:
     def process_manager(
         self, settings: Settings, failpoints: Failpoints | None = None
     ) -> ProcessManager:
+        from domain.process_manager import ProcessManager
+
+        ensure_configured()  # it logs through structlog directly
         return ProcessManager(
             self.repo, self.hosts, self.images, self.volumes, settings, failpoints
         )

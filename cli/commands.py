@@ -17,10 +17,8 @@ from cli import render
 from cli.bootstrap import Context
 from cli.times import parse_time
 from cli.waiting import wait_for_idle
-from cli.worker import Worker
 from domain.errors import NotFound, UsageError
 from domain.instance import Instance
-from domain.process_manager import Settings
 from domain.reconcile import Difference, fix_leaks, reconcile
 from domain.service import all_hosts, find, new_request_id, resolve_host, resolve_instance
 from projections import queries
@@ -232,6 +230,9 @@ def image_list(ctx: Context, args: argparse.Namespace) -> int:
 # ---- the worker ---------------------------------------------------------------------------
 
 def serve(ctx: Context, args: argparse.Namespace) -> int:
+    from cli.worker import Worker  # and structlog: other commands don't pay for them
+    from domain.process_manager import Settings
+
     settings = Settings(
         shelved_offload_time=args.shelved_offload_time,
         shutdown_timeout=args.shutdown_timeout,

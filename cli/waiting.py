@@ -12,7 +12,7 @@ from domain.instance import Instance
 from domain.service import find
 from projections.audit import event_record
 
-POLL_SECONDS = 0.1
+POLL_SECONDS = 0.02  # how often the store's head is checked: one indexed query
 
 
 class TimedOut(ShelfError):
@@ -28,20 +28,26 @@ def wait_for_idle(ctx: Context, instance_id: uuid.UUID, request_id: str, timeout
     deadline = time.monotonic() + timeout
     shown = _current_version(ctx, instance_id)
     show_progress = sys.stdout.isatty()
+    seen_head: int | None = -1
+    task_state: str | None = None
     while True:
-        instance = find(ctx.repo, instance_id, Instance)
-        if instance is None:
-            raise ShelfError(f"instance {instance_id} vanished from the store")
-        if show_progress and instance.version > shown:
-            _print_steps(ctx, instance_id, shown)
-            shown = instance.version
-        if instance.is_idle:
-            _raise_on_fault(instance, request_id)
-            return
+        head = ctx.app.recorder.max_notification_id()
+        if head != seen_head:  # something was recorded since the last look
+            seen_head = head
+            instance = find(ctx.repo, instance_id, Instance)
+            if instance is None:
+                raise ShelfError(f"instance {instance_id} vanished from the store")
+            if show_progress and instance.version > shown:
+                _print_steps(ctx, instance_id, shown)
+                shown = instance.version
+            if instance.is_idle:
+                _raise_on_fault(instance, request_id)
+                return
+            task_state = instance.task_state
         if time.monotonic() >= deadline:
             raise TimedOut(
                 f"timed out after {timeout:g}s waiting for instance {instance_id} "
-                f"(task_state {instance.task_state}); is `shelf serve` running?"
+                f"(task_state {task_state}); is `shelf serve` running?"
             )
         time.sleep(POLL_SECONDS)
 

@@ -22,7 +22,7 @@ from cli.bootstrap import Context
 from domain.process_manager import Failpoints, ProcessManager, Settings
 
 INSTANCE_TOPIC = "domain.instance:Instance."
-POLL_SECONDS = 0.05  # a new request waits at most this long for a worker to see it
+POLL_SECONDS = 0.02  # a new request waits at most this long for a worker to see it
 TIMER_SECONDS = 1.0
 NOTIFICATION_BATCH = 1000
 BACKOFF_START, BACKOFF_MAX = 0.5, 30.0

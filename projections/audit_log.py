@@ -7,8 +7,7 @@ code that derives actions from a history in memory: the table and the derivation
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -33,8 +32,7 @@ HISTORY_COLUMNS = (
 _JSON = msgspec.json.Encoder()  # several times faster than json.dumps, same JSON
 
 
-@dataclass(frozen=True)
-class _Seen:
+class _Seen(NamedTuple):  # a tuple: one is made per event replayed
     position: int
     instance_id: str
     instance_name: str

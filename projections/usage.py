@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from domain.host import Host
 from domain.instance import Instance
@@ -32,15 +31,13 @@ _USAGE_DDL = """name TEXT NOT NULL, uri TEXT NOT NULL, vcpus INTEGER NOT NULL,
     updated_at TEXT"""
 
 
-@dataclass(frozen=True)
-class _HostSeen:
+class _HostSeen(NamedTuple):  # tuples: one is made per event replayed
     position: int
     at: str | None
     view: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class _MemberSeen:
+class _MemberSeen(NamedTuple):
     position: int
     at: str | None
     instance_id: str

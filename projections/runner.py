@@ -73,11 +73,13 @@ class ProjectionRunner:
         self._last_at: dict[uuid.UUID, str] = {}  # each cached aggregate's last event time
         self._written: dict[str, int] = {}  # what this runner last wrote: its caches' basis
         self._schema_ready = False
+        self._indexes_deferred = False  # a replay builds them at its end
         self.reader = EventReader(db, app.mapper)
 
     # ---- schema and positions ---------------------------------------------------------
 
     def ensure_schema(self) -> None:
+        """Tables, tracking rows and (unless a replay has deferred them) indexes."""
         if self._schema_ready:
             return
         with self.db.transaction():
@@ -86,7 +88,8 @@ class ProjectionRunner:
             self.db.execute(TRACKING_SCHEMA)
             for projection in self.projections:
                 for statement in projection.schema:
-                    self.db.execute(statement)
+                    if not (self._indexes_deferred and _is_index(statement)):
+                        self.db.execute(statement)
                 self.db.execute("INSERT INTO projection_tracking (name, position) VALUES (?, 0) "
                                 "ON CONFLICT (name) DO NOTHING", (projection.name,))
         self._schema_ready = True
@@ -210,24 +213,42 @@ class ProjectionRunner:
         return replay_in_processes(self.db.store.url, groups, progress, where)
 
     def _empty(self, chosen: Sequence[Projection]) -> None:
+        """Empty the tables and, on PostgreSQL, drop their secondary indexes: the replay
+        builds each index once at the end, which costs the server far less than keeping
+        it up to date row by row."""
+        postgres = self.db.backend == "postgres"
         with self.db.transaction():
             # Lock the tracking rows first, as a batch does: a batch being written now
-            # commits before these DELETEs run, so they see and remove its rows too.
+            # commits before these statements run, so they see and remove its rows too.
             self._locked_positions(chosen)
             for projection in chosen:
                 for table in projection.tables:
-                    self.db.execute(f"DELETE FROM {table}")
+                    self.db.execute(f"TRUNCATE {table}" if postgres else f"DELETE FROM {table}")
+                for name in _index_names(projection) if postgres else ():
+                    self.db.execute(f"DROP INDEX IF EXISTS {name}")
             self.db.executemany("UPDATE projection_tracking SET position = 0 WHERE name = ?",
                                 [(p.name,) for p in chosen])
 
     def replay_emptied(self, progress: Progress | None = None) -> int:
-        """Replay every event into this runner's projections, just emptied."""
+        """Replay every event into this runner's projections, just emptied; then build
+        their indexes (also when the replay fails: reads must not lose them)."""
         for projection in self.projections:
             projection.forget(empty=True)
             self._written[projection.name] = 0
         self._aggregates.clear()
         self._last_at.clear()
-        return self.catch_up(batch=REBUILD_BATCH, progress=progress)
+        self._schema_ready, self._indexes_deferred = False, True
+        if self.db.backend == "postgres":
+            # A server crash may then lose the last batches' commits, rows and position
+            # together: the replay redoes them. Not waiting for each flush is safe here.
+            self.db.execute("SET synchronous_commit TO off")
+        try:
+            return self.catch_up(batch=REBUILD_BATCH, progress=progress)
+        finally:
+            if self.db.backend == "postgres":
+                self.db.execute("RESET synchronous_commit")
+            self._schema_ready, self._indexes_deferred = False, False
+            self.ensure_schema()
 
     def _chosen(self, names: Sequence[str]) -> list[Projection]:
         known = {p.name: p for p in self.projections}
@@ -251,6 +272,15 @@ def split_by_cost(projections: Sequence[Projection], jobs: int) -> list[list[str
         groups[lightest].append(projection.name)
         costs[lightest] += REPLAY_COST.get(projection.name, 1)
     return groups
+
+
+def _is_index(statement: str) -> bool:
+    return statement.lstrip().upper().startswith("CREATE INDEX")
+
+
+def _index_names(projection: Projection) -> list[str]:
+    """The secondary indexes' names: CREATE INDEX IF NOT EXISTS <name> ON ..."""
+    return [statement.split()[5] for statement in projection.schema if _is_index(statement)]
 
 
 def _topics_of(group: Iterable[Projection]) -> tuple[str, ...]:

@@ -40,6 +40,17 @@ def dump(db: Any) -> dict[str, list[tuple[Any, ...]]]:
     return tables
 
 
+def index_names(db: Any) -> set[str]:
+    if db.backend == "postgres":
+        rows = db.query("SELECT indexname AS name FROM pg_indexes "
+                        "WHERE schemaname = current_schema()")
+    else:
+        rows = db.query("SELECT name FROM sqlite_master WHERE type = 'index'")
+    names = {row["name"] for row in rows}
+    assert "audit_actions_host" in names and "instances_name" in names
+    return names
+
+
 def seeded(ctx: Context, tmp_path: Path, instances: int, on_flush: Any = None) -> int:
     seeder = Seeder(ctx.app, tmp_path / "seed", hosts=3, seed=11, error_rate=0.05,
                     flush_every=10, on_flush=on_flush or (lambda: None))
@@ -64,9 +75,11 @@ def test_incremental_equals_rebuilt_over_a_long_random_history(
     deleted = ctx.db.query("SELECT count(*) AS n FROM instances WHERE vm_state = 'deleted'")
     assert failed and deleted[0]["n"] > 0  # the history has failures and deletes
 
+    indexes = index_names(ctx.db)
     fresh = ProjectionRunner(ctx.app, ctx.db)
     assert fresh.rebuild() == ctx.app.recorder.max_notification_id()
     assert dump(ctx.db) == incremental
+    assert index_names(ctx.db) == indexes  # dropped for the replay, built again after it
     assert {s.lag for s in fresh.status()} == {0}
 
     # The CLI's rebuild, in three processes at once on PostgreSQL (one on SQLite).
@@ -76,6 +89,7 @@ def test_incremental_equals_rebuilt_over_a_long_random_history(
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert f"{ctx.app.recorder.max_notification_id()} events" in rebuilt.stdout
     assert dump(ctx.db) == incremental
+    assert index_names(ctx.db) == indexes
     assert {s.lag for s in fresh.status()} == {0}
     ctx.close()
 

@@ -8,12 +8,13 @@ recorded", RecordConflict for "another writer took that version").
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, unquote, urlparse
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, Repository
 from eventsourcing.persistence import IntegrityError, Transcoder
 
 from adapters.transcoding import FastJSONTranscoder
@@ -92,11 +93,33 @@ def environment_for(store: StoreURL) -> dict[str, str]:
     return env
 
 
+def project_events(aggregate: Any, events: Iterable[Any]) -> Any:
+    """eventsourcing's `project_aggregate` without its per-event `isinstance` against a
+    runtime-checkable Protocol, which costs about 50 us per event: most of the time of
+    loading an aggregate. Every stored event here is one of our aggregates' events."""
+    for event in events:
+        aggregate = event.mutate(aggregate)
+    return aggregate
+
+
+class ShelfRepository(Repository[uuid.UUID]):
+    def get(self, aggregate_id: uuid.UUID, *, version: int | None = None,
+            projector_func: Any = project_events, **options: Any) -> Any:
+        return super().get(aggregate_id, version=version, projector_func=projector_func,
+                           **options)
+
+
 class ShelfApplication(Application[uuid.UUID]):
     """The event store of every aggregate. Hot aggregates are snapshotted."""
 
     name = "shelf"
     snapshotting_intervals: ClassVar[dict[type[Any], int]] = {Host: 50, AddressBlock: 50}
+
+    def construct_repository(self) -> Repository[uuid.UUID]:
+        """eventsourcing's repository, with the faster projector (`project_events`)."""
+        repository = super().construct_repository()
+        repository.__class__ = ShelfRepository  # same settings and cache; only `get` differs
+        return repository
 
     def construct_transcoder(self) -> Transcoder:
         """The same JSON as eventsourcing's default, decoded faster (adapters/transcoding)."""

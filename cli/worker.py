@@ -27,6 +27,10 @@ TIMER_SECONDS = 1.0
 NOTIFICATION_BATCH = 1000
 BACKOFF_START, BACKOFF_MAX = 0.5, 30.0
 SWEEP_SECONDS = 5.0
+# How often a busy worker writes the projections. Every read command catches them up
+# itself first, so this only bounds how far behind they are; writing them after every
+# poll made their transactions fight the steps' own for SQLite's single write lock.
+PROJECTIONS_SECONDS = 0.5
 
 
 class Worker:
@@ -46,6 +50,7 @@ class Worker:
         self.position = 0
         self.last_timer_check = 0.0
         self.last_sweep = 0.0
+        self.last_projection = 0.0
 
     # ---- start-up: resume what a crash left half-done ---------------------------------
 
@@ -132,7 +137,7 @@ class Worker:
         while not stop.is_set():
             try:
                 read = self.poll()
-                self.ctx.projector.catch_up()
+                self.catch_up_projections(idle=not read)
             except Exception as error:  # the database went away: wait for it, lose nothing
                 self.log.error("serve.store_unavailable", error=str(error), retry_in=backoff)
                 stop.wait(backoff)
@@ -144,6 +149,12 @@ class Worker:
             if not read:
                 stop.wait(POLL_SECONDS)
         self.shutdown()
+
+    def catch_up_projections(self, idle: bool) -> None:
+        now = time.monotonic()
+        if idle or now - self.last_projection >= PROJECTIONS_SECONDS:
+            self.ctx.projector.catch_up()
+            self.last_projection = now
 
     def _until_started(self, stop: threading.Event) -> None:
         backoff = BACKOFF_START

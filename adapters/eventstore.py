@@ -20,6 +20,7 @@ from eventsourcing.persistence import IntegrityError, Transcoder
 from adapters.transcoding import FastJSONTranscoder
 from domain.errors import UsageError
 from domain.host import Host
+from domain.instance import Instance
 from domain.registry import AddressBlock
 from domain.service import RecordConflict
 
@@ -110,10 +111,12 @@ class ShelfRepository(Repository[uuid.UUID]):
 
 
 class ShelfApplication(Application[uuid.UUID]):
-    """The event store of every aggregate. Hot aggregates are snapshotted."""
+    """The event store of every aggregate. Aggregates are snapshotted every 50 events."""
 
     name = "shelf"
-    snapshotting_intervals: ClassVar[dict[type[Any], int]] = {Host: 50, AddressBlock: 50}
+    # An instance lives for years of requests: loading one reads at most 50 events.
+    snapshotting_intervals: ClassVar[dict[type[Any], int]] = {
+        Host: 50, AddressBlock: 50, Instance: 50}
 
     def construct_repository(self) -> Repository[uuid.UUID]:
         """eventsourcing's repository, with the faster projector (`project_events`)."""

@@ -180,6 +180,35 @@ def test_as_of_gives_the_exact_earlier_states(harness_factory: Any) -> None:
     assert bad.code == 2 and bad.err.count("\n") == 1 and "bad time" in bad.err
 
 
+def test_a_long_lived_instance_loads_from_snapshots_to_the_same_state(
+    harness_factory: Any, tmp_path: Path
+) -> None:
+    h = harness_factory()
+    h.add_host("h1")
+    wait = ("--wait", "--timeout", "60")
+    vm1 = h.ok("boot", "vm1", "--host", "h1", "--vcpus", "1", "--memory-mb", "256",
+                "--disk-gb", "1", *wait).out.strip()
+    seen: list[tuple[str, dict[str, Any]]] = []
+    for _ in range(20):  # about 130 events: snapshots at versions 50 and 100
+        for command in ("pause", "unpause"):
+            h.ok(command, vm1, *wait)
+            time.sleep(0.002)
+            seen.append((now_text(), h.show(vm1)))
+    ctx = Context(h.store, "tester", tmp_path / "data")
+    try:
+        instance_id = uuid.UUID(vm1)
+        snapshots = list(ctx.app.snapshots.get(instance_id)) if ctx.app.snapshots else []
+        assert [s.originator_version for s in snapshots][:2] == [50, 100]
+        folded: Any = None
+        for event in ctx.app.events.get(instance_id):  # every event, no snapshot
+            folded = event.mutate(folded)
+        assert vars(ctx.app.repository.get(instance_id)) == vars(folded)
+    finally:
+        ctx.close()
+    for moment, state in seen[::7]:  # before, between and after the snapshots
+        assert h.ok("show", vm1, "--as-of", moment, "--json").json() == state
+
+
 def now_text() -> str:
     return datetime.now(UTC).isoformat()
 

@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 from eventsourcing.application import AggregateNotFoundError, Application, Repository
 from eventsourcing.persistence import IntegrityError, Transcoder
 
+from adapters.logs import get_logger
 from adapters.transcoding import FastJSONTranscoder
 from domain.errors import UsageError
 from domain.host import Host
@@ -117,6 +118,14 @@ class ShelfApplication(Application[uuid.UUID]):
     # An instance lives for years of requests: loading one reads at most 50 events.
     snapshotting_intervals: ClassVar[dict[type[Any], int]] = {
         Host: 50, AddressBlock: 50, Instance: 50}
+
+    def _take_snapshots(self, processing_event: Any) -> None:
+        """After the events are committed. A snapshot only speeds up loading: failing to
+        take one must not turn a recorded request or step into a reported failure."""
+        try:
+            super()._take_snapshots(processing_event)
+        except Exception as error:
+            get_logger("shelf.store").warning("snapshot.failed", error=str(error))
 
     def construct_repository(self) -> Repository[uuid.UUID]:
         """eventsourcing's repository, with the faster projector (`project_events`)."""

@@ -20,8 +20,11 @@ _DECODER = msgspec.json.Decoder()
 
 class FastJSONTranscoder(JSONTranscoder):
     def decode(self, data: bytes) -> Any:
-        value = _DECODER.decode(data)
-        if type(value) is dict:  # an event's state: restore its values in place
+        try:
+            value = _DECODER.decode(data)
+        except msgspec.DecodeError:  # NaN and Infinity: Python's JSON, not msgspec's
+            return super().decode(data)
+        if type(value) is dict and "_type_" not in value:  # an event's state: in place
             for key, item in value.items():
                 if type(item) is dict:
                     value[key] = self._restore_dict(item)

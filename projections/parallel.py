@@ -42,7 +42,9 @@ def replay_group(url: str, names: list[str]) -> int:
     app, db = open_application(store), Database(store)
     try:
         projections = [p for p in all_projections() if p.name in names]
-        return ProjectionRunner(app, db, projections).replay_emptied()
+        runner = ProjectionRunner(app, db, projections)
+        runner.replaying = True  # the parent holds the rebuild lock for it
+        return runner.replay_emptied()
     finally:
         db.close()
         app.close()

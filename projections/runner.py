@@ -9,7 +9,8 @@ positions together at the old position, and two processes can't both apply one b
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,6 +28,8 @@ from projections.reading import EventReader
 from projections.usage import HostUsageProjection
 
 BATCH = 1000
+# Held by a rebuild on PostgreSQL (an advisory lock, like SCHEMA_LOCK_KEY).
+REBUILD_LOCK_KEY = SCHEMA_LOCK_KEY + 1
 REBUILD_BATCH = 5000
 
 TRACKING_SCHEMA = """CREATE TABLE IF NOT EXISTS projection_tracking (
@@ -74,6 +77,7 @@ class ProjectionRunner:
         self._written: dict[str, int] = {}  # what this runner last wrote: its caches' basis
         self._schema_ready = False
         self._indexes_deferred = False  # a replay builds them at its end
+        self.replaying = False  # this runner is (part of) a rebuild: it holds the lock
         self.reader = EventReader(db, app.mapper)
 
     # ---- schema and positions ---------------------------------------------------------
@@ -116,6 +120,8 @@ class ProjectionRunner:
         `progress(position, head)` is called after each batch written."""
         applied = 0
         head = 0
+        if self._rebuild_running_elsewhere():
+            return 0  # its processes are filling the tables; reads show them as they are
         while True:
             positions = self.positions()
             start = min(positions.values())
@@ -201,16 +207,42 @@ class ProjectionRunner:
         at once (each one's rows and position still move together, batch by batch)."""
         chosen = self._chosen(names)
         self.ensure_schema()
-        self._empty(chosen)
-        groups = split_by_cost(chosen, jobs if self.db.backend == "postgres" else 1)
-        if len(groups) == 1:
-            return self.replay_emptied(progress)
-        from projections.parallel import replay_in_processes  # it imports this module
+        with self._rebuild_lock():
+            self._empty(chosen)
+            groups = split_by_cost(chosen, jobs if self.db.backend == "postgres" else 1)
+            if len(groups) == 1:
+                return self.replay_emptied(progress)
+            from projections.parallel import replay_in_processes  # it imports this module
 
-        def where() -> tuple[int, int]:
-            return self.position(), self.app.recorder.max_notification_id() or 0
+            def where() -> tuple[int, int]:
+                return self.position(), self.app.recorder.max_notification_id() or 0
 
-        return replay_in_processes(self.db.store.url, groups, progress, where)
+            with self._indexes_built_after():  # by the processes; this covers one that died
+                return replay_in_processes(self.db.store.url, groups, progress, where)
+
+    @contextmanager
+    def _rebuild_lock(self) -> Iterator[None]:
+        """While held, other processes' catch-ups leave the projections to this rebuild
+        (PostgreSQL; released with the session if this process dies)."""
+        if self.db.backend != "postgres":
+            yield
+            return
+        self.db.execute("SELECT pg_advisory_lock(?)", (REBUILD_LOCK_KEY,))
+        self.replaying = True
+        try:
+            yield
+        finally:
+            self.replaying = False
+            with suppress(Exception):  # a broken session has released it already
+                self.db.execute("SELECT pg_advisory_unlock(?)", (REBUILD_LOCK_KEY,))
+
+    def _rebuild_running_elsewhere(self) -> bool:
+        if self.db.backend != "postgres" or self.replaying:
+            return False
+        rows = self.db.query("SELECT pg_try_advisory_lock_shared(?) "
+                             "AND pg_advisory_unlock_shared(?) AS free",
+                             (REBUILD_LOCK_KEY, REBUILD_LOCK_KEY))
+        return not rows[0]["free"]
 
     def _empty(self, chosen: Sequence[Projection]) -> None:
         """Empty the tables and, on PostgreSQL, drop their secondary indexes: the replay
@@ -237,18 +269,29 @@ class ProjectionRunner:
             self._written[projection.name] = 0
         self._aggregates.clear()
         self._last_at.clear()
-        self._schema_ready, self._indexes_deferred = False, True
-        if self.db.backend == "postgres":
-            # A server crash may then lose the last batches' commits, rows and position
-            # together: the replay redoes them. Not waiting for each flush is safe here.
-            self.db.execute("SET synchronous_commit TO off")
-        try:
+        with self._indexes_built_after(), self._commits_not_awaited():
             return self.catch_up(batch=REBUILD_BATCH, progress=progress)
-        finally:
-            if self.db.backend == "postgres":
-                self.db.execute("RESET synchronous_commit")
-            self._schema_ready, self._indexes_deferred = False, False
-            self.ensure_schema()
+
+    @contextmanager
+    def _indexes_built_after(self) -> Iterator[None]:
+        self._schema_ready, self._indexes_deferred = False, True
+        with _after(self._build_indexes):
+            yield
+
+    def _build_indexes(self) -> None:
+        self._schema_ready, self._indexes_deferred = False, False
+        self.ensure_schema()  # should it fail, the next catch-up's ensure_schema retries
+
+    @contextmanager
+    def _commits_not_awaited(self) -> Iterator[None]:
+        """A server crash may then lose the last batches' commits, rows and position
+        together: the replay redoes them. Not waiting for each WAL flush is safe here."""
+        if self.db.backend != "postgres":
+            yield
+            return
+        self.db.execute("SET synchronous_commit TO off")
+        with _after(lambda: self.db.execute("RESET synchronous_commit")):
+            yield
 
     def _chosen(self, names: Sequence[str]) -> list[Projection]:
         known = {p.name: p for p in self.projections}
@@ -272,6 +315,19 @@ def split_by_cost(projections: Sequence[Projection], jobs: int) -> list[list[str
         groups[lightest].append(projection.name)
         costs[lightest] += REPLAY_COST.get(projection.name, 1)
     return groups
+
+
+@contextmanager
+def _after(clean_up: Callable[[], object]) -> Iterator[None]:
+    """Run `clean_up` after the block; when the block failed, a failing clean-up must not
+    hide the block's own error."""
+    try:
+        yield
+    except BaseException:
+        with suppress(Exception):
+            clean_up()
+        raise
+    clean_up()
 
 
 def _is_index(statement: str) -> bool:

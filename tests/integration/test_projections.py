@@ -261,6 +261,40 @@ def test_killed_mid_catch_up_resumes_without_gaps_or_doubles(
     assert_catch_up_equals_rebuild(ctx)
 
 
+def test_catch_up_leaves_the_projections_to_a_running_rebuild(pg_url: str,
+                                                               tmp_path: Path) -> None:
+    ctx = Context(pg_url, "tester", tmp_path / "data")
+    seeded(ctx, tmp_path, 5)
+    rebuilding = ProjectionRunner(ctx.app, ctx.db)
+    rebuilding.ensure_schema()
+    with rebuilding._rebuild_lock():  # as `projections rebuild` holds it, in this session
+        other = Context(pg_url, "tester", tmp_path / "data")  # another process's session
+        try:
+            assert other.projector.catch_up() == 0
+            assert set(other.projector.positions().values()) == {0}
+        finally:
+            other.close()
+    assert ctx.projector.catch_up() == ctx.app.recorder.max_notification_id()
+    ctx.close()
+
+
+def test_a_failed_replay_still_builds_the_indexes(store_url: str, tmp_path: Path) -> None:
+    ctx = Context(store_url, "tester", tmp_path / "data")
+    seeded(ctx, tmp_path, 5)
+    runner = ProjectionRunner(ctx.app, ctx.db)
+    runner.ensure_schema()
+    indexes = index_names(ctx.db)
+
+    def broken(rows: Any, batch: int) -> Any:
+        raise RuntimeError("the store went away")
+
+    runner.reader.rows = broken  # type: ignore[method-assign,assignment]
+    with pytest.raises(RuntimeError, match="went away"):  # its own error, not a clean-up's
+        runner.rebuild()
+    assert index_names(ctx.db) == indexes
+    ctx.close()
+
+
 def assert_catch_up_equals_rebuild(ctx: Context) -> None:
     ProjectionRunner(ctx.app, ctx.db).catch_up()
     caught_up = dump(ctx.db)

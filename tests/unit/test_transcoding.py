@@ -35,6 +35,8 @@ STATES: list[Any] = [
     {"nested": [[{"deep": uuid.uuid4()}], {"_type_": "not a tag", "_data_": 1, "x": 2}]},
     {"looks_tagged": {"_type_": "only one key"}, "text": "tab\there \u00e9 \"quoted\""},
     [datetime(2000, 1, 1, tzinfo=UTC), 1, "two"],
+    datetime(1999, 12, 31, 23, 59, tzinfo=UTC),  # a tagged value at the top
+    {"ratio": 0.5, "inf": float("inf"), "small": -float("inf")},  # not JSON, but Python's
 ]
 
 
@@ -44,6 +46,12 @@ def test_fast_decode_equals_the_standard_decode(state: Any) -> None:
     encoded = standard.encode(state)
     assert fast.encode(state) == encoded  # writing is unchanged
     assert fast.decode(encoded) == standard.decode(encoded) == state
+
+
+def test_nan_reads_as_the_standard_decoder_reads_it() -> None:
+    standard, fast = transcoders()
+    encoded = standard.encode({"nan": float("nan")})
+    assert str(fast.decode(encoded)) == str(standard.decode(encoded)) == "{'nan': nan}"
 
 
 def test_an_unregistered_type_is_refused_as_before() -> None:

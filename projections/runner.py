@@ -86,17 +86,23 @@ class ProjectionRunner:
         """Tables, tracking rows and (unless a replay has deferred them) indexes."""
         if self._schema_ready:
             return
+        # A rebuild in another process builds the indexes it dropped when it ends.
+        defer = self._indexes_deferred or self._rebuild_running_elsewhere()
         with self.db.transaction():
-            if self.db.backend == "postgres":  # see SCHEMA_LOCK_KEY
-                self.db.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK_KEY,))
+            self._lock_schema()
             self.db.execute(TRACKING_SCHEMA)
             for projection in self.projections:
                 for statement in projection.schema:
-                    if not (self._indexes_deferred and _is_index(statement)):
+                    if not (defer and _is_index(statement)):
                         self.db.execute(statement)
                 self.db.execute("INSERT INTO projection_tracking (name, position) VALUES (?, 0) "
                                 "ON CONFLICT (name) DO NOTHING", (projection.name,))
-        self._schema_ready = True
+        # Deferred for another's rebuild: look again next time (it may have died).
+        self._schema_ready = self._indexes_deferred or not defer
+
+    def _lock_schema(self) -> None:
+        if self.db.backend == "postgres":  # see SCHEMA_LOCK_KEY
+            self.db.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK_KEY,))
 
     def positions(self) -> dict[str, int]:
         self.ensure_schema()
@@ -279,8 +285,16 @@ class ProjectionRunner:
             yield
 
     def _build_indexes(self) -> None:
+        """One index per transaction: other processes wait for the schema lock at most
+        one index build, not all of them. Should this fail, the next ensure_schema
+        (any command's first catch-up) builds what is missing."""
         self._schema_ready, self._indexes_deferred = False, False
-        self.ensure_schema()  # should it fail, the next catch-up's ensure_schema retries
+        for projection in self.projections:
+            for statement in filter(_is_index, projection.schema):
+                with self.db.transaction():
+                    self._lock_schema()
+                    self.db.execute(statement)
+        self.ensure_schema()
 
     @contextmanager
     def _commits_not_awaited(self) -> Iterator[None]:

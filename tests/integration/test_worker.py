@@ -1,0 +1,35 @@
+"""`serve`'s worker: how often it writes the projections (both stores)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cli.bootstrap import Context
+from cli.worker import Worker
+from domain.process_manager import Settings
+from domain.service import new_request_id
+from tests.conftest import node_xml
+
+
+def test_a_busy_worker_writes_the_projections_at_most_every_half_second(
+    store_url: str, tmp_path: Path
+) -> None:
+    ctx = Context(store_url, "shelf", tmp_path / "data")
+    worker = Worker(ctx, Settings())
+    try:
+        def add_host(name: str) -> int:
+            uri = f"test://{node_xml(tmp_path / f'{name}.xml')}"
+            ctx.service.add_host(name, uri, 8, 8192, 100, "tester", new_request_id())
+            return ctx.app.recorder.max_notification_id() or 0
+
+        first = add_host("h1")
+        worker.catch_up_projections(idle=False)  # the first time: written
+        assert ctx.projector.position() == first
+        second = add_host("h2")
+        worker.catch_up_projections(idle=False)  # busy, and written just now: left
+        assert ctx.projector.position() == first
+        worker.catch_up_projections(idle=True)  # nothing more to do: written
+        assert ctx.projector.position() == second
+    finally:
+        worker.shutdown()
+        ctx.close()

@@ -78,12 +78,18 @@ def parse_store_url(url: str) -> StoreURL:
     raise UsageError(f"bad store URL {url!r}: use sqlite:///PATH or postgresql://HOST/DB")
 
 
+# Loaded aggregates stay in memory; each later load reads only the events recorded since
+# (eventsourcing's "fast-forward"), so it is never stale, and hands out a copy.
+AGGREGATE_CACHE = {"AGGREGATE_CACHE_MAXSIZE": "10000", "AGGREGATE_CACHE_FASTFORWARD": "y",
+                   "DEEPCOPY_FROM_AGGREGATE_CACHE": "y"}
+
+
 def environment_for(store: StoreURL) -> dict[str, str]:
     if store.backend == "sqlite":
         assert store.sqlite_path is not None
-        return {"PERSISTENCE_MODULE": "eventsourcing.sqlite",
+        return {"PERSISTENCE_MODULE": "eventsourcing.sqlite", **AGGREGATE_CACHE,
                 "SQLITE_DBNAME": str(store.sqlite_path), "SQLITE_LOCK_TIMEOUT": "30"}
-    env = {
+    env = {**AGGREGATE_CACHE,
         "PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_DBNAME": store.pg_dbname,
         "POSTGRES_HOST": store.pg_host, "POSTGRES_PORT": str(store.pg_port),
         "POSTGRES_USER": store.pg_user, "POSTGRES_PASSWORD": store.pg_password,

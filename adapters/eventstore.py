@@ -89,12 +89,16 @@ def environment_for(store: StoreURL) -> dict[str, str]:
         assert store.sqlite_path is not None
         return {"PERSISTENCE_MODULE": "eventsourcing.sqlite", **AGGREGATE_CACHE,
                 "SQLITE_DBNAME": str(store.sqlite_path), "SQLITE_LOCK_TIMEOUT": "30"}
-    env = {**AGGREGATE_CACHE,
+    env = {
+        **AGGREGATE_CACHE,
         "PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_DBNAME": store.pg_dbname,
         "POSTGRES_HOST": store.pg_host, "POSTGRES_PORT": str(store.pg_port),
         "POSTGRES_USER": store.pg_user, "POSTGRES_PASSWORD": store.pg_password,
         "POSTGRES_POOL_SIZE": "4", "POSTGRES_MAX_OVERFLOW": "4",
-        "POSTGRES_CONNECT_TIMEOUT": "10", "POSTGRES_PRE_PING": "y",
+        # No ping before each use (a round trip per statement): a connection broken by a
+        # server restart fails once, is dropped by the pool and the recorder retries
+        # (tests/integration/test_database_loss.py restarts PostgreSQL under a worker).
+        "POSTGRES_CONNECT_TIMEOUT": "10", "POSTGRES_PRE_PING": "n",
     }
     if store.pg_schema:
         env["POSTGRES_SCHEMA"] = store.pg_schema

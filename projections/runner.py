@@ -126,8 +126,6 @@ class ProjectionRunner:
         `progress(position, head)` is called after each batch written."""
         applied = 0
         head = 0
-        if self._rebuild_running_elsewhere():
-            return 0  # its processes are filling the tables; reads show them as they are
         while True:
             positions = self.positions()
             start = min(positions.values())
@@ -135,6 +133,8 @@ class ProjectionRunner:
             rows = self.reader.rows(start, batch)
             if not rows:
                 return applied
+            if not applied and self._rebuild_running_elsewhere():  # asked once, when needed
+                return 0  # its processes are filling the tables; reads show them as they are
             if self._apply_batch(group, start, rows):
                 applied += len(rows)
                 if progress is not None:

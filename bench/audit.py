@@ -21,13 +21,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.common import (
-    bench_store,
-    ensure_events,
     figure,
     machine,
     median,
     note,
     percentile,
+    seeded_context,
     store_options,
 )
 from cli.bootstrap import Context
@@ -78,17 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=200)
     store_options(parser)
     args = parser.parse_args(argv)
-    with bench_store(args.store, args.keep) as url:
-        ctx = Context(url, "bench")
-        try:
-            stored = ensure_events(ctx, args.events, args.hosts)
-            note("catching the projections up")
-            ctx.projector.catch_up(batch=5000)
-            instances = ctx.db.query("SELECT count(*) AS n FROM instances")[0]["n"]
-            timings = sample(ctx, args.samples, random.Random(7))
-            startup = process_start_ms(url)
-        finally:
-            ctx.close()
+    with seeded_context(args.store, args.keep, args.events, args.hosts) as (ctx, stored):
+        note("catching the projections up")
+        ctx.projector.catch_up(batch=5000)
+        instances = ctx.db.query("SELECT count(*) AS n FROM instances")[0]["n"]
+        timings = sample(ctx, args.samples, random.Random(7))
+        startup = process_start_ms(ctx.store.url)
     print(f"# bench/audit on {ctx.store.backend}, {machine()}")
     figure("events stored", stored)
     figure("instances", instances)

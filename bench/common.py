@@ -84,6 +84,19 @@ def parse(text: str) -> StoreURL:
     return parse_store_url(text)
 
 
+@contextmanager
+def seeded_context(choice: str, keep: bool, events: int, hosts: int
+                   ) -> Iterator[tuple[Context, int]]:
+    """An open Context on a bench store holding at least `events` events, and how many
+    it holds (what `replay` and `audit` both start from)."""
+    with bench_store(choice, keep) as url:
+        ctx = Context(url, "bench")
+        try:
+            yield ctx, ensure_events(ctx, events, hosts)
+        finally:
+            ctx.close()
+
+
 def machine() -> str:
     cpus = os.cpu_count()
     return f"{platform.node()} {platform.machine()} {cpus} cpus, Python {platform.python_version()}"

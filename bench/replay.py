@@ -11,7 +11,7 @@ import argparse
 import os
 import time
 
-from bench.common import bench_store, ensure_events, figure, machine, store_options
+from bench.common import figure, machine, seeded_context, store_options
 from cli.bootstrap import Context
 from projections.reading import EventReader
 from projections.runner import REBUILD_BATCH, ProjectionRunner
@@ -37,17 +37,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="processes replaying at once, as `projections rebuild --jobs`")
     store_options(parser)
     args = parser.parse_args(argv)
-    with bench_store(args.store, args.keep) as url:
-        ctx = Context(url, "bench")
-        try:
-            stored = ensure_events(ctx, args.events, args.hosts)
-            runner = ProjectionRunner(ctx.app, ctx.db)
-            started = time.monotonic()
-            replayed = runner.rebuild(jobs=args.jobs)
-            rebuild_seconds = time.monotonic() - started
-            rows, raw_seconds = raw_select_seconds(ctx, REBUILD_BATCH)
-        finally:
-            ctx.close()
+    with seeded_context(args.store, args.keep, args.events, args.hosts) as (ctx, stored):
+        runner = ProjectionRunner(ctx.app, ctx.db)
+        started = time.monotonic()
+        replayed = runner.rebuild(jobs=args.jobs)
+        rebuild_seconds = time.monotonic() - started
+        rows, raw_seconds = raw_select_seconds(ctx, REBUILD_BATCH)
     rebuild_rate, raw_rate = replayed / rebuild_seconds, rows / raw_seconds
     print(f"# bench/replay on {ctx.store.backend}, --jobs {args.jobs}, {machine()}")
     figure("events stored", stored)

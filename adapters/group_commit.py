@@ -1,0 +1,98 @@
+"""Group commit: saves from concurrent threads share one transaction.
+
+`serve` drives many instances at once, each step ending in a save. One transaction per
+save queues every step behind the store's single writer (SQLite's write lock,
+eventsourcing's table lock on PostgreSQL) and pays a commit each. Here the saves that
+arrive while a commit is in progress wait, and the next leader writes them all in one
+transaction. Under no load a save is written at once, alone, as before.
+
+A batch is all or nothing, so a conflict in one save (another writer took an aggregate's
+version) would fail the others. The batch is then written again one save at a time: each
+save succeeds or fails exactly as it would have alone. Any other error (the database went
+away) is every save's error, as it would have been.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+Write = Callable[[list[Any]], None]  # writes the events in one transaction, or raises
+
+
+class _Pending:
+    """One caller's save, waiting for its batch to be written."""
+
+    def __init__(self, events: list[Any]) -> None:
+        self.events = events
+        self.wake = threading.Event()
+        self.written = False
+        self.lead = False  # handed the lead: write the queue until this save is written
+        self.error: Exception | None = None
+
+
+class GroupCommit:
+    def __init__(self, write: Write, conflict: type[Exception], max_batch: int = 256) -> None:
+        self._write = write
+        self._conflict = conflict
+        self._max_batch = max_batch
+        self._lock = threading.Lock()
+        self._queue: list[_Pending] = []
+        self._leading = False
+        self.transactions = 0  # how many were written, and for how many saves
+        self.saves = 0
+
+    def save(self, events: list[Any]) -> None:
+        """Return once `events` are committed; raise what writing them alone would raise."""
+        pending = _Pending(events)
+        with self._lock:
+            self._queue.append(pending)
+            pending.lead = not self._leading
+            self._leading = True
+        if not pending.lead:
+            pending.wake.wait()  # written by a leader, or handed the lead
+        if not pending.written:
+            self._lead(pending)
+        if pending.error is not None:
+            raise pending.error
+
+    def _lead(self, own: _Pending) -> None:
+        """Write queued saves until our own is written, then hand the lead on."""
+        while not own.written:
+            with self._lock:
+                batch = self._queue[: self._max_batch]
+                del self._queue[: len(batch)]
+            self._write_batch(batch)
+        with self._lock:
+            if self._queue:
+                successor = self._queue[0]
+                successor.lead = True
+                successor.wake.set()
+            else:
+                self._leading = False
+
+    def _write_batch(self, batch: list[_Pending]) -> None:
+        try:
+            self._write([event for pending in batch for event in pending.events])
+            self._count(len(batch))
+        except self._conflict:
+            for pending in batch:  # one at a time: only a conflicting save fails
+                self._write_alone(pending)
+        except Exception as error:
+            for pending in batch:
+                pending.error = error
+        for pending in batch:
+            pending.written = True
+            pending.wake.set()
+
+    def _write_alone(self, pending: _Pending) -> None:
+        try:
+            self._write(pending.events)
+            self._count(1)
+        except Exception as error:
+            pending.error = error
+
+    def _count(self, saves: int) -> None:
+        self.transactions += 1
+        self.saves += saves

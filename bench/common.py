@@ -19,11 +19,11 @@ import psycopg
 
 from adapters.eventstore import StoreURL, parse_store_url
 from adapters.logs import configure_logging
-from bench.seed import seed_store
+from bench.seed import FLEET_LIVES, seed_store
 from cli.bootstrap import Context
 
 PG_ADMIN = os.environ.get("SHELF_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-EVENTS_PER_INSTANCE = 15  # what the seeder's random lives average; only sizes the seeding
+EVENTS_PER_INSTANCE = 10  # a little under FLEET_LIVES' average: at least N/10 instances
 
 
 def store_options(parser: argparse.ArgumentParser) -> None:
@@ -74,7 +74,8 @@ def ensure_events(ctx: Context, events: int, hosts: int) -> int:
         instances = max(1, missing // EVENTS_PER_INSTANCE)
         started = time.monotonic()
         note(f"seeding {instances} instances ({missing} events to go)")
-        seed_store(ctx.app, instances, hosts=hosts, seed=have + round_number)
+        seed_store(ctx.app, instances, hosts=hosts, seed=have + round_number,
+                   lives=FLEET_LIVES)
         have = ctx.app.recorder.max_notification_id() or 0
         note(f"  store holds {have} events ({time.monotonic() - started:.0f} s)")
     return have

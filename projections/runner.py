@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from eventsourcing.application import Application
 
 from adapters.eventstore import SCHEMA_LOCK_KEY
+from adapters.folding import apply_event
 from domain.errors import UsageError
 from domain.host import Host
 from domain.instance import Instance
@@ -196,10 +197,10 @@ class ProjectionRunner:
             previous, state = None, event.mutate(None)
         elif cached is not None and cached.version == version - 1:
             previous = self._last_at.get(event.originator_id) or utc_text(cached.modified_on)
-            state = event.mutate(cached)
+            state = apply_event(event, cached)
         else:
             before: Any = self.app.repository.get(event.originator_id, version=version - 1)
-            previous, state = utc_text(before.modified_on), event.mutate(before)
+            previous, state = utc_text(before.modified_on), apply_event(event, before)
         if isinstance(state, Instance | Host):
             self._aggregates[event.originator_id] = state
         return previous, state

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from copy import deepcopy
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, unquote, urlparse
@@ -22,6 +24,7 @@ from eventsourcing.application import (
 )
 from eventsourcing.persistence import IntegrityError, Transcoder
 
+from adapters.folding import apply_event
 from adapters.group_commit import GroupCommit
 from adapters.logs import get_logger
 from adapters.transcoding import FastJSONTranscoder
@@ -116,15 +119,33 @@ def project_events(aggregate: Any, events: Iterable[Any]) -> Any:
     runtime-checkable Protocol, which costs about 50 us per event: most of the time of
     loading an aggregate. Every stored event here is one of our aggregates' events."""
     for event in events:
-        aggregate = event.mutate(aggregate)
+        aggregate = apply_event(event, aggregate)
     return aggregate
+
+
+# Values that are never changed in place: a copy may share them.
+_IMMUTABLE = frozenset({str, int, bool, float, type(None), uuid.UUID, datetime})
+
+
+def copy_aggregate(aggregate: Any) -> Any:
+    """A deep copy of an aggregate, several times faster than `copy.deepcopy` for ours:
+    their attributes are mostly strings, numbers and times, which a copy can share."""
+    copied = object.__new__(type(aggregate))
+    copied.__dict__.update({
+        key: value if type(value) in _IMMUTABLE else deepcopy(value)
+        for key, value in aggregate.__dict__.items()})
+    return copied
 
 
 class ShelfRepository(Repository[uuid.UUID]):
     def get(self, aggregate_id: uuid.UUID, *, version: int | None = None,
-            projector_func: Any = project_events, **options: Any) -> Any:
-        return super().get(aggregate_id, version=version, projector_func=projector_func,
-                           **options)
+            projector_func: Any = project_events, deepcopy_from_cache: bool = True,
+            **options: Any) -> Any:
+        aggregate = super().get(aggregate_id, version=version, projector_func=projector_func,
+                                deepcopy_from_cache=False, **options)
+        if version is None and self.cache and deepcopy_from_cache and self.deepcopy_from_cache:
+            return copy_aggregate(aggregate)  # the cached object: its user gets a copy
+        return aggregate
 
 
 class ShelfApplication(Application[uuid.UUID]):

@@ -12,10 +12,11 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import structlog
+from eventsourcing.persistence import Notification
 
 from adapters.leases import InstanceLeases
 from cli.bootstrap import Context
@@ -81,14 +82,19 @@ class Worker:
         )
         if notifications:
             self.position = notifications[-1].id
-            self.submit(
-                uuid.UUID(str(n.originator_id))
-                for n in notifications
-                if n.topic.startswith(INSTANCE_TOPIC)
-            )
+            self.submit(self._to_drive(notifications))
         self.check_offload_timer()
         self.sweep_in_flight()
         return len(notifications)
+
+    def _to_drive(self, notifications: Iterable[Notification]) -> Iterator[uuid.UUID]:
+        """The instances a new event touched, except where this process's own drive
+        recorded it (that drive went on from it already)."""
+        for notification in notifications:
+            if notification.topic.startswith(INSTANCE_TOPIC):
+                instance_id = uuid.UUID(str(notification.originator_id))
+                if not self.pm.recorded_here(instance_id, notification.originator_version):
+                    yield instance_id
 
     def check_offload_timer(self, force: bool = False) -> None:
         """The deadline is derived from `shelved_at` in the store, so it survives restarts."""

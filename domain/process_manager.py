@@ -69,6 +69,7 @@ class ProcessManager:
         self.failpoints = failpoints or NoFailpoints()
         self.clock = clock
         self._saved_last: dict[uuid.UUID, Instance] = {}  # per instance, see drive()
+        self._recorded: dict[uuid.UUID, int] = {}  # the version this process last saved
         # name -> (when seen, host): for ranking only, see _choose_host()
         self._host_cache: dict[str, tuple[float, Host]] = {}
         self.log = structlog.get_logger("shelf.process_manager")
@@ -107,6 +108,17 @@ class ProcessManager:
             # Go on with the object this step saved, if it saved one (a failed step saves a
             # reloaded copy, a claim that lost a race a fresh one): it is the stored state.
             instance = self._saved_last.pop(instance_id, None)
+
+    def recorded_here(self, instance_id: uuid.UUID, version: int) -> bool:
+        """Whether this process recorded that version of the instance itself: its drive
+        went on from there already, so the event needs no drive of its own. Forgotten
+        once the last version it recorded has been asked about."""
+        last = self._recorded.get(instance_id)
+        if last is None:
+            return False
+        if version >= last:
+            self._recorded.pop(instance_id, None)
+        return version <= last
 
     def perform(self, instance: Instance, step: str) -> None:
         log = self.log.bind(
@@ -173,6 +185,7 @@ class ProcessManager:
         for aggregate in aggregates:
             if isinstance(aggregate, Instance):
                 self._saved_last[aggregate.id] = aggregate
+                self._recorded[aggregate.id] = aggregate.version
             elif isinstance(aggregate, Host):  # keeps this worker's ranking view current
                 self._host_cache[aggregate.name] = (time.monotonic(), aggregate)
 

@@ -77,21 +77,25 @@ class ShelfRun:
         self.wait_for(then)
 
     def wait_for(self, vm_state: str) -> None:
-        """Until every instance is idle in `vm_state` (read from the store's projection)."""
-        db = Context(self.ctx.store.url, "bench", self.work / "data").db
+        """Until every instance is idle in `vm_state`, as `shelf list` would show it: the
+        projections caught up first, as every read command does (`serve` writes them at
+        most every 0.5 s while busy, which would make the end of a phase look late)."""
+        reader = Context(self.ctx.store.url, "bench", self.work / "data")
         try:
             while True:
-                rows = db.query("SELECT count(*) AS n FROM instances "
-                                "WHERE vm_state = ? AND task_state IS NULL", (vm_state,))
+                reader.projector.catch_up()
+                rows = reader.db.query("SELECT count(*) AS n FROM instances "
+                                       "WHERE vm_state = ? AND task_state IS NULL", (vm_state,))
                 if rows and rows[0]["n"] == len(self.ids):
                     return
-                stuck = db.query("SELECT name, fault FROM instances WHERE task_state IS NULL "
-                                 "AND vm_state != ? AND fault IS NOT NULL", (vm_state,))
+                stuck = reader.db.query(
+                    "SELECT name, fault FROM instances WHERE task_state IS NULL "
+                    "AND vm_state != ? AND fault IS NOT NULL", (vm_state,))
                 if stuck:  # a failed step: say so rather than wait for ever
                     raise SystemExit(f"bench: {stuck[0]['name']} failed: {stuck[0]['fault']}")
-                time.sleep(0.02)
+                time.sleep(0.05)
         finally:
-            db.close()
+            reader.close()
 
     def events(self) -> int:
         return self.ctx.app.recorder.max_notification_id() or 0

@@ -26,6 +26,7 @@ class _Pending:
 
     def __init__(self, events: list[Any]) -> None:
         self.events = events
+        self.aggregates = frozenset(event.originator_id for event in events)
         self.wake = threading.Event()
         self.written = False
         self.lead = False  # handed the lead: write the queue until this save is written
@@ -61,8 +62,7 @@ class GroupCommit:
         """Write queued saves until our own is written, then hand the lead on."""
         while not own.written:
             with self._lock:
-                batch = self._queue[: self._max_batch]
-                del self._queue[: len(batch)]
+                batch = self._take_batch()
             self._write_batch(batch)
         with self._lock:
             if self._queue:
@@ -71,6 +71,22 @@ class GroupCommit:
                 successor.wake.set()
             else:
                 self._leading = False
+
+    def _take_batch(self) -> list[_Pending]:
+        """The queued saves, oldest first, but at most one per aggregate: two saves of
+        one aggregate (two claims on one host) conflict, and would fail the whole batch.
+        The later one waits for the next batch, where it succeeds or fails alone."""
+        batch: list[_Pending] = []
+        taken: set[Any] = set()
+        for pending in self._queue:
+            if len(batch) == self._max_batch:
+                break
+            if taken.isdisjoint(pending.aggregates):
+                batch.append(pending)
+                taken |= pending.aggregates
+        chosen = set(map(id, batch))
+        self._queue = [pending for pending in self._queue if id(pending) not in chosen]
+        return batch
 
     def _write_batch(self, batch: list[_Pending]) -> None:
         try:

@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             shelf_seconds += timed(lambda: shelf.request_all("unshelve", "active"))
             cycle_events = shelf.events() - before
             backend = shelf.ctx.store.backend
+            commits = shelf.ctx.repo.commits  # whole run, boots included
         finally:
             shelf.close()
     bare = BareRun(args.hosts)
@@ -204,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     figure("shelf cycles/s", shelf_rate, "cycles/s")
     figure("shelf events/s", cycle_events / shelf_seconds, "events/s")
     figure("shelf events per cycle", cycle_events / count)
+    figure("saves per transaction", commits.saves / max(1, commits.transactions))
     figure("bare cycles/s", bare_rate, "cycles/s")
     print(f"ratio = {shelf_rate / bare_rate:.3f}")
     return 0

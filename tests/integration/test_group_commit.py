@@ -66,13 +66,10 @@ def test_saves_queued_behind_a_busy_writer_share_one_transaction(ctx: Context) -
     assert ctx.repo.commits.transactions <= 2
 
 
-def test_a_conflict_in_a_shared_transaction_fails_only_that_save(ctx: Context) -> None:
-    ctx.repo.save(NameIndex(name="taken", instance_id="first"))
-    winner, loser = ctx.repo.get(name_index_id("taken")), ctx.repo.get(name_index_id("taken"))
-    winner.free("first")
-    loser.free("first")  # the same next version as the winner's: only one can be stored
-    bystander = NameIndex(name="bystander", instance_id="b")
-    errors: dict[str, BaseException] = {}
+def queue_behind_a_busy_writer(ctx: Context, saves: dict[str, Any]) -> dict[str, Exception]:
+    """A blocker save leads and waits on the held lock; then `saves` queue behind it, in
+    order. Returns the RecordConflict of each save that got one."""
+    errors: dict[str, Exception] = {}
 
     def save(label: str, aggregate: Any) -> None:
         try:
@@ -80,20 +77,52 @@ def test_a_conflict_in_a_shared_transaction_fails_only_that_save(ctx: Context) -
         except RecordConflict as error:
             errors[label] = error
 
-    blocker = NameIndex(name="blocker", instance_id="x")
     with writer_busy(ctx):
-        first = threading.Thread(target=save, args=("blocker", blocker))
-        first.start()
-        time.sleep(0.3)  # the blocker leads and waits on the lock; the rest queue
-        rest = [threading.Thread(target=save, args=(label, aggregate)) for label, aggregate
-                in (("one", winner), ("other", loser), ("bystander", bystander))]
-        for thread in rest:
-            thread.start()
+        threads = [threading.Thread(target=save, args=("blocker", NameIndex(
+            name="blocker", instance_id="x")))]
+        threads[0].start()
         time.sleep(0.3)
-    for thread in (first, *rest):
+        for label, aggregate in saves.items():
+            threads.append(threading.Thread(target=save, args=(label, aggregate)))
+            threads[-1].start()
+            time.sleep(0.05)
+        time.sleep(0.3)
+    for thread in threads:
         thread.join(timeout=60)
-    assert ctx.repo.commits.transactions >= 3  # the shared one failed and was split
-    assert len(errors) == 1 and set(errors) < {"one", "other"}
+    assert ctx.repo.get(name_index_id("blocker")).instance_id == "x"
+    return errors
+
+
+def test_two_saves_of_one_aggregate_are_never_in_one_batch(ctx: Context) -> None:
+    ctx.repo.save(NameIndex(name="taken", instance_id="first"))
+    before = ctx.repo.commits.transactions
+    one, other = ctx.repo.get(name_index_id("taken")), ctx.repo.get(name_index_id("taken"))
+    one.free("first")
+    other.free("first")  # the same next version as `one`'s: only one can be stored
+    errors = queue_behind_a_busy_writer(ctx, {
+        "one": one, "other": other, "bystander": NameIndex(name="bystander", instance_id="b")})
+    assert list(errors) == ["other"]  # it waited for the next batch and failed there, alone
+    # The blocker's, then `one` with the bystander: no batch had to be split.
+    assert ctx.repo.commits.transactions - before == 2
     assert ctx.repo.get(name_index_id("taken")).instance_id is None
     assert ctx.repo.get(name_index_id("bystander")).instance_id == "b"
-    assert ctx.repo.get(name_index_id("blocker")).instance_id == "x"
+
+
+def test_a_conflict_with_another_writer_fails_only_that_save(ctx: Context) -> None:
+    ctx.repo.save(NameIndex(name="taken", instance_id="first"))
+    stale = ctx.repo.get(name_index_id("taken"))
+    elsewhere = Context(ctx.store.url, "someone-else")  # another process's repository
+    try:
+        index = elsewhere.repo.get(name_index_id("taken"))
+        index.free("first")
+        elsewhere.repo.save(index)
+    finally:
+        elsewhere.close()
+    stale.free("first")
+    before = ctx.repo.commits.transactions
+    errors = queue_behind_a_busy_writer(ctx, {
+        "stale": stale, "bystander": NameIndex(name="bystander", instance_id="b")})
+    assert list(errors) == ["stale"]
+    # The blocker's; the shared one failed, and was written again one save at a time.
+    assert ctx.repo.commits.transactions - before == 2
+    assert ctx.repo.get(name_index_id("bystander")).instance_id == "b"

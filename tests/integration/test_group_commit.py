@@ -126,3 +126,22 @@ def test_a_conflict_with_another_writer_fails_only_that_save(ctx: Context) -> No
     # The blocker's; the shared one failed, and was written again one save at a time.
     assert ctx.repo.commits.transactions - before == 2
     assert ctx.repo.get(name_index_id("bystander")).instance_id == "b"
+
+
+def test_many_threads_saving_at_once_lose_nothing(ctx: Context) -> None:
+    threads, each = 8, 25
+
+    def save_many(thread: int) -> None:
+        for number in range(each):
+            ctx.repo.save(NameIndex(name=f"t{thread}-{number}", instance_id=f"i{number}"))
+
+    workers = [threading.Thread(target=save_many, args=(t,)) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert not any(worker.is_alive() for worker in workers)
+    assert ctx.repo.commits.saves == threads * each
+    for thread in range(threads):
+        for number in range(each):
+            assert ctx.repo.get(name_index_id(f"t{thread}-{number}")).instance_id == f"i{number}"

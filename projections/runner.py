@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from eventsourcing.application import Application
 
-from adapters.eventstore import SCHEMA_LOCK_KEY
+from adapters.eventstore import SCHEMA_LOCK_KEY, project_events
 from adapters.folding import apply_event
 from domain.errors import UsageError
 from domain.host import Host
@@ -199,11 +199,20 @@ class ProjectionRunner:
             previous = self._last_at.get(event.originator_id) or utc_text(cached.modified_on)
             state = apply_event(event, cached)
         else:
-            before: Any = self.app.repository.get(event.originator_id, version=version - 1)
+            before = self._load_before(event.originator_id, version, cached)
             previous, state = utc_text(before.modified_on), apply_event(event, before)
         if isinstance(state, Instance | Host):
             self._aggregates[event.originator_id] = state
         return previous, state
+
+    def _load_before(self, aggregate_id: uuid.UUID, version: int, cached: Any) -> Any:
+        """The aggregate just before `version`. A cached copy that another process's
+        catch-up left behind is brought forward with the events it missed (one query);
+        else it is loaded (its snapshot and the events after it)."""
+        if cached is not None and cached.version < version - 1:
+            missed = self.app.events.get(aggregate_id, gt=cached.version, lte=version - 1)
+            return project_events(cached, missed)
+        return self.app.repository.get(aggregate_id, version=version - 1)
 
     # ---- rebuilding -------------------------------------------------------------------
 

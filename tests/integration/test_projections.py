@@ -94,6 +94,20 @@ def test_incremental_equals_rebuilt_over_a_long_random_history(
     ctx.close()
 
 
+def test_two_processes_taking_turns_at_catching_up_equal_a_rebuild(
+    store_url: str, tmp_path: Path
+) -> None:
+    """As `serve` and read commands do: each runner's cached aggregates fall behind by
+    whatever the other applied, and are brought forward from the store."""
+    ctx = Context(store_url, "tester", tmp_path / "data")
+    other = Context(store_url, "reader", tmp_path / "data")
+    rng = random.Random(9)
+    seeded(ctx, tmp_path, 150, on_flush=lambda: rng.choice((ctx, other)).projector.catch_up(
+        batch=rng.choice((5, 50, 500))))
+    other.close()
+    assert_catch_up_equals_rebuild(ctx)
+
+
 def test_actions_table_matches_the_history_it_came_from(store_url: str, tmp_path: Path) -> None:
     ctx = Context(store_url, "tester", tmp_path / "data")
     seeded(ctx, tmp_path, 60)

@@ -143,7 +143,7 @@ class Worker:
         while not stop.is_set():
             try:
                 read = self.poll()
-                self.catch_up_projections(idle=not read)
+                self.catch_up_projections(idle=not read and not self.busy())
             except Exception as error:  # the database went away: wait for it, lose nothing
                 self.log.error("serve.store_unavailable", error=str(error), retry_in=backoff)
                 stop.wait(backoff)

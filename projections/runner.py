@@ -124,12 +124,18 @@ class ProjectionRunner:
     def catch_up(self, batch: int = BATCH, progress: Progress | None = None) -> int:
         """Apply every event recorded since each projection's position; return how many
         events were applied (an event counts once however many projections took it).
-        `progress(position, head)` is called after each batch written."""
+        `progress(position, head)` is called after each batch written.
+
+        It stops at the head of the store as it was after the first batch: events that
+        keep arriving meanwhile are the next call's. (Chasing them made a busy `serve`
+        write a transaction for every few new events, for as long as it stayed busy.)"""
         applied = 0
-        head = 0
+        head: int | None = None
         while True:
             positions = self.positions()
             start = min(positions.values())
+            if head is not None and start >= head:
+                return applied
             group = [p for p in self.projections if positions[p.name] == start]
             rows = self.reader.rows(start, batch)
             if not rows:
@@ -138,8 +144,8 @@ class ProjectionRunner:
                 return 0  # its processes are filling the tables; reads show them as they are
             if self._apply_batch(group, start, rows):
                 applied += len(rows)
+                head = head or self.app.recorder.max_notification_id() or 0
                 if progress is not None:
-                    head = head or self.app.recorder.max_notification_id() or 0
                     progress(rows[-1][0], head)
 
     def _apply_batch(self, group: list[Projection], start: int,

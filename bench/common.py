@@ -23,7 +23,7 @@ from bench.seed import FLEET_LIVES, seed_store
 from cli.bootstrap import Context
 
 PG_ADMIN = os.environ.get("SHELF_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-EVENTS_PER_INSTANCE = 10  # a little under FLEET_LIVES' average: at least N/10 instances
+EVENTS_PER_INSTANCE = 12  # FLEET_LIVES' average: sizes the first round of seeding
 
 
 def store_options(parser: argparse.ArgumentParser) -> None:

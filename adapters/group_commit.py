@@ -58,6 +58,7 @@ class GroupCommit:
         self._leading = False
         self.transactions = 0  # how many were written, and for how many saves
         self.saves = 0
+        self.split = 0  # batches written again one save at a time after a conflict
 
     def save(self, events: list[Any]) -> None:
         """Return once `events` are committed; raise what writing them alone would raise."""
@@ -108,6 +109,7 @@ class GroupCommit:
             self._write([event for pending in batch for event in pending.events])
             self._count(len(batch))
         except self._conflict:
+            self.split += 1
             for pending in batch:  # one at a time: only a conflicting save fails
                 self._write_alone(pending)
         except Exception as error:

@@ -205,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     figure("shelf events/s", cycle_events / shelf_seconds, "events/s")
     figure("shelf events per cycle", cycle_events / count)
     figure("saves per transaction", commits.saves / max(1, commits.transactions))
+    figure("batches split by a conflict", commits.split)
     figure("bare cycles/s", bare_rate, "cycles/s")
     print(f"ratio = {shelf_rate / bare_rate:.3f}")
     return 0

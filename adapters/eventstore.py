@@ -7,8 +7,10 @@ recorded", RecordConflict for "another writer took that version").
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 from copy import deepcopy
 from dataclasses import dataclass
 from datetime import datetime
@@ -185,9 +187,10 @@ class EventStoreRepository:
     """The domain's Repository port over the eventsourcing Application. Saves from
     concurrent threads are written together (adapters/group_commit.py)."""
 
-    def __init__(self, app: ShelfApplication) -> None:
+    def __init__(self, app: ShelfApplication, store: StoreURL) -> None:
         self.app = app
         self.commits = GroupCommit(self._write, conflict=IntegrityError)
+        self._writer = local_writer(store)
 
     def get(self, aggregate_id: uuid.UUID) -> Any:
         try:
@@ -209,7 +212,25 @@ class EventStoreRepository:
         self.app.take_due_snapshots(processing)
 
     def _write(self, events: list[Any]) -> None:
-        self.app.events.put(events)
+        with self._writer:
+            self.app.events.put(events)
+
+
+# SQLite lets one connection write at a time, and a connection that finds the lock taken
+# sleeps in steps of up to 100 ms before it looks again. Within one process the writers
+# (the group commit's leader, the projections' catch-up) take turns on this lock instead,
+# so each starts the moment the other is done.
+_SQLITE_WRITERS: dict[str, threading.RLock] = {}
+_SQLITE_WRITERS_GUARD = threading.Lock()
+
+
+def local_writer(store: StoreURL) -> AbstractContextManager[Any]:
+    """Held around every write transaction of this process on `store` (SQLite only)."""
+    if store.backend != "sqlite" or store.sqlite_path is None:
+        return nullcontext()
+    key = str(store.sqlite_path.absolute())
+    with _SQLITE_WRITERS_GUARD:
+        return _SQLITE_WRITERS.setdefault(key, threading.RLock())
 
 
 # PostgreSQL's `CREATE ... IF NOT EXISTS` fails with "tuple concurrently updated" when two

@@ -60,7 +60,7 @@ class Context:
 
     @cached_property
     def repo(self) -> EventStoreRepository:
-        return EventStoreRepository(self.app)
+        return EventStoreRepository(self.app, self.store)
 
     @cached_property
     def service(self) -> LifecycleService:

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
-from adapters.eventstore import StoreURL
+from adapters.eventstore import StoreURL, local_writer
 
 if TYPE_CHECKING:
     import psycopg
@@ -50,15 +50,16 @@ class Database:
         """Every statement inside commits together, or none does."""
         conn = self._connect()
         if self.backend == "sqlite":
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:  # also when COMMIT itself failed (disk full, I/O)
-                    with suppress(sqlite3.Error):  # keep the first error, not this one
-                        conn.execute("ROLLBACK")
-                raise
+            with local_writer(self.store):  # this process's writers take turns at once
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:  # also when COMMIT failed (disk full, I/O)
+                        with suppress(sqlite3.Error):  # keep the first error, not this one
+                            conn.execute("ROLLBACK")
+                    raise
         else:
             with conn.transaction():
                 yield self

@@ -137,7 +137,7 @@ def test_a_claim_that_lost_a_race_goes_on_from_the_stored_state(
     for name, memory in (("h1", 8192), ("h2", 4096)):
         node = node_xml(tmp_path / f"{name}.xml")
         ctx.service.add_host(name, f"test://{node}", 8, memory, 100, "t", new_request_id())
-    repo = ClaimRacedOnce(ctx.app)
+    repo = ClaimRacedOnce(ctx.app, ctx.store)
     pm = ProcessManager(repo, ctx.hosts, ctx.images, ctx.volumes, Settings(shutdown_timeout=0))
     vm = ctx.service.boot(name="vm1", host="h1", vcpus=1, memory_mb=1024, disk_gb=1,
                           image_id=None, volume_backed=False, user="t",

@@ -205,15 +205,17 @@ class EventStoreRepository:
         for aggregate in aggregates:
             processing.events.extend(aggregate.collect_events())
             processing.aggregates[aggregate.id] = aggregate
+        # Encoded here, in the saving thread: the group's writer only inserts them.
+        stored = [self.app.mapper.to_stored_event(event) for event in processing.events]
         try:
-            self.commits.save(processing.events)
+            self.commits.save(stored)
         except IntegrityError as error:
             raise RecordConflict(str(error)) from None
         self.app.take_due_snapshots(processing)
 
-    def _write(self, events: list[Any]) -> None:
+    def _write(self, stored: list[Any]) -> None:
         with self._writer:
-            self.app.events.put(events)
+            self.app.recorder.insert_events(stored)
 
 
 # SQLite lets one connection write at a time, and a connection that finds the lock taken

@@ -32,7 +32,7 @@ def raw_select_seconds(ctx: Context, batch: int) -> tuple[int, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--hosts", type=int, default=20)
+    parser.add_argument("--hosts", type=int, default=100)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="processes replaying at once, as `projections rebuild --jobs`")
     store_options(parser)

@@ -14,11 +14,24 @@ away) is every save's error, as it would have been.
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable
 from typing import Any
 
 Write = Callable[[list[Any]], None]  # writes the events in one transaction, or raises
+
+
+class WriteInterrupted(Exception):
+    """The leader writing this save was interrupted (a BaseException such as
+    KeyboardInterrupt): whether the save was committed is not known."""
+
+
+def _copy_of(error: Exception) -> Exception:
+    try:
+        return copy.copy(error)
+    except Exception:  # an exception type that can't be copied: share it
+        return error
 
 
 class _Wake:
@@ -43,7 +56,7 @@ class _Pending:
         self.events = events
         self.aggregates = frozenset(event.originator_id for event in events)
         self.wake = _Wake()
-        self.written = False
+        self.written = False  # its outcome is known: committed, or `error`
         self.lead = False  # handed the lead: write the queue until this save is written
         self.error: Exception | None = None
 
@@ -68,25 +81,47 @@ class GroupCommit:
             pending.lead = not self._leading
             self._leading = True
         if not pending.lead:
-            pending.wake.wait()  # written by a leader, or handed the lead
+            try:
+                pending.wake.wait()  # written by a leader, or handed the lead
+            except BaseException:  # interrupted while waiting (Ctrl-C in a main thread)
+                self._abandon(pending)
+                raise
         if not pending.written:
             self._lead(pending)
         if pending.error is not None:
             raise pending.error
 
     def _lead(self, own: _Pending) -> None:
-        """Write queued saves until our own is written, then hand the lead on."""
-        while not own.written:
+        """Write queued saves until our own is written, then hand the lead on (also when
+        a write was interrupted: the others must not wait for a leader that is gone)."""
+        try:
+            while not own.written:
+                with self._lock:
+                    batch = self._take_batch()
+                self._write_batch(batch)
+        finally:
             with self._lock:
-                batch = self._take_batch()
-            self._write_batch(batch)
+                self._pass_lead()
+
+    def _pass_lead(self) -> None:
+        """To the oldest waiting save, or to whoever saves next (under `_lock`)."""
+        if self._queue:
+            successor = self._queue[0]
+            successor.lead = True
+            successor.wake.set()
+        else:
+            self._leading = False
+
+    def _abandon(self, pending: _Pending) -> None:
+        """A save whose caller stopped waiting: out of the queue, unless a leader has
+        taken it already (then it is written, and nobody waits for it); a lead it was
+        handed goes on to the next."""
         with self._lock:
-            if self._queue:
-                successor = self._queue[0]
-                successor.lead = True
-                successor.wake.set()
-            else:
-                self._leading = False
+            if pending.written or pending not in self._queue:
+                return
+            self._queue.remove(pending)
+            if pending.lead:
+                self._pass_lead()
 
     def _take_batch(self) -> list[_Pending]:
         """The queued saves, oldest first, but at most one per aggregate: two saves of
@@ -105,26 +140,34 @@ class GroupCommit:
         return batch
 
     def _write_batch(self, batch: list[_Pending]) -> None:
+        outcomes: dict[int, Exception | None] = {}  # id(pending) -> its error, or None
         try:
-            self._write([event for pending in batch for event in pending.events])
-            self._count(len(batch))
-        except self._conflict:
-            self.split += 1
-            for pending in batch:  # one at a time: only a conflicting save fails
-                self._write_alone(pending)
-        except Exception as error:
-            for pending in batch:
-                pending.error = error
-        for pending in batch:
-            pending.written = True
-            pending.wake.set()
+            try:
+                self._write([event for pending in batch for event in pending.events])
+                self._count(len(batch))
+                outcomes = dict.fromkeys(map(id, batch))
+            except self._conflict:
+                self.split += 1
+                for pending in batch:  # one at a time: only a conflicting save fails
+                    outcomes[id(pending)] = self._write_alone(pending)
+            except Exception as error:
+                # Every save's error, each its own copy: one exception object raised in
+                # several threads would gather all their tracebacks.
+                outcomes = {id(pending): _copy_of(error) for pending in batch}
+        finally:
+            for pending in batch:  # a BaseException (interrupt) left some outcomes unknown
+                pending.error = outcomes.get(id(pending), WriteInterrupted(
+                    "the write of this save was interrupted: it may not be recorded"))
+                pending.written = True
+                pending.wake.set()
 
-    def _write_alone(self, pending: _Pending) -> None:
+    def _write_alone(self, pending: _Pending) -> Exception | None:
         try:
             self._write(pending.events)
-            self._count(1)
         except Exception as error:
-            pending.error = error
+            return error
+        self._count(1)
+        return None
 
     def _count(self, saves: int) -> None:
         self.transactions += 1

@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager, nullcontext
 from copy import deepcopy
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, unquote, urlparse
@@ -139,15 +140,29 @@ def copy_aggregate(aggregate: Any) -> Any:
     return copied
 
 
+_GET_LOCKS = 64  # striped by aggregate id: loads of different aggregates don't wait
+
+
 class ShelfRepository(Repository[uuid.UUID]):
     def get(self, aggregate_id: uuid.UUID, *, version: int | None = None,
             projector_func: Any = project_events, deepcopy_from_cache: bool = True,
             **options: Any) -> Any:
-        aggregate = super().get(aggregate_id, version=version, projector_func=projector_func,
-                                deepcopy_from_cache=False, **options)
-        if version is None and self.cache and deepcopy_from_cache and self.deepcopy_from_cache:
-            return copy_aggregate(aggregate)  # the cached object: its user gets a copy
-        return aggregate
+        if version is not None or not self.cache:
+            return super().get(aggregate_id, version=version, projector_func=projector_func,
+                               **options)
+        # The cached object is fast-forwarded in place; copying it while another thread
+        # does so could copy half an update (or fail on a dict changing size). One lock
+        # per stripe of ids covers both.
+        with self._get_locks[hash(aggregate_id) % _GET_LOCKS]:
+            aggregate = super().get(aggregate_id, projector_func=projector_func,
+                                    deepcopy_from_cache=False, **options)
+            if deepcopy_from_cache and self.deepcopy_from_cache:
+                return copy_aggregate(aggregate)  # its user gets a copy
+            return aggregate
+
+    @cached_property
+    def _get_locks(self) -> list[threading.Lock]:
+        return [threading.Lock() for _ in range(_GET_LOCKS)]
 
 
 class ShelfApplication(Application[uuid.UUID]):
@@ -211,7 +226,8 @@ class EventStoreRepository:
             self.commits.save(stored)
         except IntegrityError as error:
             raise RecordConflict(str(error)) from None
-        self.app.take_due_snapshots(processing)
+        with self._writer:  # a write too: it takes turns with the others
+            self.app.take_due_snapshots(processing)
 
     def _write(self, stored: list[Any]) -> None:
         with self._writer:

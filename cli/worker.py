@@ -143,7 +143,14 @@ class Worker:
     # ---- loops ------------------------------------------------------------------------
 
     def run(self, stop: threading.Event, once: bool = False) -> None:
+        interval = sys.getswitchinterval()  # process-wide: put back when the worker stops
         sys.setswitchinterval(SWITCH_INTERVAL)
+        try:
+            self._serve(stop, once)
+        finally:
+            sys.setswitchinterval(interval)
+
+    def _serve(self, stop: threading.Event, once: bool) -> None:
         self._until_started(stop)
         backoff = BACKOFF_START
         while not stop.is_set():

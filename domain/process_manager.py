@@ -30,6 +30,9 @@ from domain.service import RecordConflict, Repository, find
 MAX_STEPS_PER_DRIVE = 64
 HOST_VIEW_SECONDS = 5.0  # how stale a host may look when ranking (a claim always reloads it)
 CLAIM_ATTEMPTS = 10
+# How many instances' last recorded versions `recorded_here` keeps. Forgetting one costs
+# at most a drive that finds nothing to do.
+RECORDED_KEPT = 10_000
 SERVICE_USER = "shelf"
 
 
@@ -185,6 +188,8 @@ class ProcessManager:
         for aggregate in aggregates:
             if isinstance(aggregate, Instance):
                 self._saved_last[aggregate.id] = aggregate
+                if len(self._recorded) >= RECORDED_KEPT:  # left by drives whose last
+                    self._recorded.clear()  # event was never asked about: forget them all
                 self._recorded[aggregate.id] = aggregate.version
             elif isinstance(aggregate, Host):  # keeps this worker's ranking view current
                 self._host_cache[aggregate.name] = (time.monotonic(), aggregate)

@@ -14,7 +14,6 @@ from contextlib import AbstractContextManager, nullcontext
 from copy import deepcopy
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, unquote, urlparse
@@ -160,9 +159,7 @@ class ShelfRepository(Repository[uuid.UUID]):
                 return copy_aggregate(aggregate)  # its user gets a copy
             return aggregate
 
-    @cached_property
-    def _get_locks(self) -> list[threading.Lock]:
-        return [threading.Lock() for _ in range(_GET_LOCKS)]
+    _get_locks: list[threading.Lock]  # set by ShelfApplication.construct_repository
 
 
 class ShelfApplication(Application[uuid.UUID]):
@@ -181,6 +178,15 @@ class ShelfApplication(Application[uuid.UUID]):
         except Exception as error:
             get_logger("shelf.store").warning("snapshot.failed", error=str(error))
 
+    def snapshots_due(self, saved: ProcessingEvent[uuid.UUID]) -> bool:
+        """Whether a saved aggregate's new version is on its snapshot interval."""
+        for event in saved.events:
+            interval = self.snapshotting_intervals.get(
+                type(saved.aggregates.get(event.originator_id)))
+            if interval and event.originator_version % interval == 0:
+                return True
+        return False
+
     def take_due_snapshots(self, saved: ProcessingEvent[uuid.UUID]) -> None:
         """Snapshot the saved aggregates whose new version is on an interval."""
         self._take_snapshots(saved)
@@ -189,6 +195,8 @@ class ShelfApplication(Application[uuid.UUID]):
         """eventsourcing's repository, with the faster projector (`project_events`)."""
         repository = super().construct_repository()
         repository.__class__ = ShelfRepository  # same settings and cache; only `get` differs
+        assert isinstance(repository, ShelfRepository)
+        repository._get_locks = [threading.Lock() for _ in range(_GET_LOCKS)]
         return repository
 
     def construct_transcoder(self) -> Transcoder:
@@ -226,8 +234,9 @@ class EventStoreRepository:
             self.commits.save(stored)
         except IntegrityError as error:
             raise RecordConflict(str(error)) from None
-        with self._writer:  # a write too: it takes turns with the others
-            self.app.take_due_snapshots(processing)
+        if self.app.snapshots_due(processing):
+            with self._writer:  # a write too: it takes turns with the others
+                self.app.take_due_snapshots(processing)
 
     def _write(self, stored: list[Any]) -> None:
         with self._writer:

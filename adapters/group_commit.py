@@ -28,10 +28,13 @@ class WriteInterrupted(Exception):
 
 
 def _copy_of(error: Exception) -> Exception:
+    """The same error, with its cause, as a new object."""
     try:
-        return copy.copy(error)
+        copied = copy.copy(error)
     except Exception:  # an exception type that can't be copied: share it
         return error
+    copied.__cause__, copied.__context__ = error.__cause__, error.__context__
+    return copied
 
 
 class _Wake:
@@ -57,7 +60,6 @@ class _Pending:
         self.aggregates = frozenset(event.originator_id for event in events)
         self.wake = _Wake()
         self.written = False  # its outcome is known: committed, or `error`
-        self.lead = False  # handed the lead: write the queue until this save is written
         self.error: Exception | None = None
 
 
@@ -68,7 +70,7 @@ class GroupCommit:
         self._max_batch = max_batch
         self._lock = threading.Lock()
         self._queue: list[_Pending] = []
-        self._leading = False
+        self._leader: _Pending | None = None  # whose thread writes batches now
         self.transactions = 0  # how many were written, and for how many saves
         self.saves = 0
         self.split = 0  # batches written again one save at a time after a conflict
@@ -78,50 +80,39 @@ class GroupCommit:
         pending = _Pending(events)
         with self._lock:
             self._queue.append(pending)
-            pending.lead = not self._leading
-            self._leading = True
-        if not pending.lead:
-            try:
+            if self._leader is None:
+                self._leader = pending
+            waits = self._leader is not pending  # decided here: a hand-off wakes it
+        try:
+            if waits:
                 pending.wake.wait()  # written by a leader, or handed the lead
-            except BaseException:  # interrupted while waiting (Ctrl-C in a main thread)
-                self._abandon(pending)
-                raise
-        if not pending.written:
-            self._lead(pending)
+            while not pending.written:  # we lead: write batches until ours is written
+                self._write_next_batch()
+            self._pass_lead(pending)
+        except BaseException:  # interrupted (Ctrl-C in a main thread): leave nothing stuck
+            self._abandon(pending)
+            raise
         if pending.error is not None:
             raise pending.error
 
-    def _lead(self, own: _Pending) -> None:
-        """Write queued saves until our own is written, then hand the lead on (also when
-        a write was interrupted: the others must not wait for a leader that is gone)."""
-        try:
-            while not own.written:
-                with self._lock:
-                    batch = self._take_batch()
-                self._write_batch(batch)
-        finally:
-            with self._lock:
-                self._pass_lead()
-
-    def _pass_lead(self) -> None:
-        """To the oldest waiting save, or to whoever saves next (under `_lock`)."""
-        if self._queue:
-            successor = self._queue[0]
-            successor.lead = True
-            successor.wake.set()
-        else:
-            self._leading = False
+    def _pass_lead(self, pending: _Pending) -> None:
+        """If `pending` leads, the lead goes to the oldest waiting save, or to whoever
+        saves next; its thread is woken."""
+        with self._lock:
+            if self._leader is not pending:
+                return
+            self._leader = self._queue[0] if self._queue else None
+            if self._leader is not None:
+                self._leader.wake.set()
 
     def _abandon(self, pending: _Pending) -> None:
-        """A save whose caller stopped waiting: out of the queue, unless a leader has
-        taken it already (then it is written, and nobody waits for it); a lead it was
-        handed goes on to the next."""
+        """A save whose caller stopped waiting: out of the queue unless a leader has
+        taken it already (then it is written, and nobody waits for it); a lead it held
+        or was handed goes on to the next."""
         with self._lock:
-            if pending.written or pending not in self._queue:
-                return
-            self._queue.remove(pending)
-            if pending.lead:
-                self._pass_lead()
+            if pending in self._queue:
+                self._queue.remove(pending)
+        self._pass_lead(pending)
 
     def _take_batch(self) -> list[_Pending]:
         """The queued saves, oldest first, but at most one per aggregate: two saves of
@@ -139,9 +130,12 @@ class GroupCommit:
         self._queue = [pending for pending in self._queue if id(pending) not in chosen]
         return batch
 
-    def _write_batch(self, batch: list[_Pending]) -> None:
+    def _write_next_batch(self) -> None:
+        batch: list[_Pending] = []
         outcomes: dict[int, Exception | None] = {}  # id(pending) -> its error, or None
         try:
+            with self._lock:
+                batch = self._take_batch()
             try:
                 self._write([event for pending in batch for event in pending.events])
                 self._count(len(batch))

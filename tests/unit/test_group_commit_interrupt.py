@@ -138,3 +138,39 @@ def test_a_waiter_interrupted_in_the_main_thread_leaves_the_queue() -> None:
     assert interrupted and outcomes["x"] == "saved"
     commits.save([event("d")])  # not stuck behind the abandoned save
     assert [e.originator_id for e in write.written] == ["x", "d"]
+
+
+class InterruptedBeforeTakingItsBatch(GroupCommit):
+    """The first leader is interrupted before it takes its first batch (say, while it
+    waits for the queue's lock), with its own save still queued."""
+
+    def __init__(self, write: Any, queued: threading.Event) -> None:
+        super().__init__(write, conflict=ValueError)
+        self.queued = queued
+        self.interrupted = False
+
+    def _write_next_batch(self) -> None:
+        if not self.interrupted:
+            self.interrupted = True
+            self.queued.wait(10)
+            raise Interrupt
+        super()._write_next_batch()
+
+
+def test_a_leader_interrupted_before_its_first_batch_passes_the_lead_to_another() -> None:
+    written: list[Any] = []
+    queued = threading.Event()
+    commits = InterruptedBeforeTakingItsBatch(written.extend, queued)
+    outcomes: dict[str, Any] = {}
+    leader = save_in_thread(commits, "a", outcomes)
+    time.sleep(0.2)
+    follower = save_in_thread(commits, "b", outcomes)
+    time.sleep(0.2)
+    queued.set()
+    for thread in (leader, follower):
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+    assert isinstance(outcomes["a"], Interrupt) and outcomes["b"] == "saved"
+    assert [e.originator_id for e in written] == ["b"]  # a's save was never written
+    commits.save([event("c")])
+    assert [e.originator_id for e in written] == ["b", "c"]

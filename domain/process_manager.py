@@ -308,10 +308,6 @@ class ProcessManager:
             host = self._choose_host(instance)
             host.claim(str(instance.id), instance.vcpus, instance.memory_mb, instance.disk_gb,
                        instance.user or SERVICE_USER, instance.request_id or "")
-            # Other threads rank hosts by this view: show them the claim now, before it is
-            # saved (as Nova's scheduler consumes a selected host in its cache), or they all
-            # pick the same host and all but one lose the race.
-            self._host_cache[host.name] = (time.monotonic(), host)
             self.failpoints.hit(f"after:{plans.CLAIM}")
             instance.record_claimed(
                 user=instance.user or SERVICE_USER, request_id=instance.request_id or "",

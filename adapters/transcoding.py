@@ -19,11 +19,27 @@ _DECODER = msgspec.json.Decoder()
 
 
 class FastJSONTranscoder(JSONTranscoder):
-    def decode(self, data: bytes) -> Any:
+    def decode(self, data: bytes | str) -> Any:
         try:
             value = _DECODER.decode(data)
         except msgspec.DecodeError:  # NaN and Infinity: Python's JSON, not msgspec's
-            return super().decode(data)
+            return super().decode(data.encode() if isinstance(data, str) else data)
+        return self._restore_top(value)
+
+    def decode_state(self, data: bytes | str) -> tuple[Any, str | None]:
+        """An event's state, and its `timestamp` as it was stored (the text of a tagged
+        datetime), which a reader that wants the text can use instead of formatting the
+        datetime again. The text is None when the timestamp is not stored that way."""
+        try:
+            value = _DECODER.decode(data)
+        except msgspec.DecodeError:
+            return self.decode(data), None
+        stamp = value.get("timestamp") if type(value) is dict else None
+        text = (stamp.get("_data_") if type(stamp) is dict
+                and stamp.get("_type_") == "datetime_iso" else None)
+        return self._restore_top(value), text if type(text) is str else None
+
+    def _restore_top(self, value: Any) -> Any:
         if type(value) is dict and "_type_" not in value:  # an event's state: in place
             for key, item in value.items():
                 if type(item) is dict:

@@ -10,7 +10,7 @@ position can never disagree.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeGuard
 
 from projections.db import Database
 
@@ -62,3 +62,10 @@ def utc_text(moment: datetime | None) -> str | None:
     if moment.tzinfo is not UTC:
         moment = moment.astimezone(UTC)
     return moment.isoformat(timespec="microseconds")
+
+
+def is_utc_text(text: str | None) -> TypeGuard[str]:
+    """Whether `text` is already in utc_text's form (eventsourcing stores a UTC timestamp
+    with microseconds that way): then it need not be parsed and formatted again."""
+    return (text is not None and len(text) == 32 and text[10] == "T" and text[19] == "."
+            and text.endswith("+00:00"))

@@ -8,6 +8,7 @@ positions together at the old position, and two processes can't both apply one b
 
 from __future__ import annotations
 
+import gc
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -22,7 +23,7 @@ from domain.errors import UsageError
 from domain.host import Host
 from domain.instance import Instance
 from projections.audit_log import AuditProjection
-from projections.base import Change, Projection, utc_text
+from projections.base import Change, Projection, is_utc_text, utc_text
 from projections.db import Database
 from projections.instances import InstancesProjection
 from projections.reading import EventReader
@@ -189,18 +190,19 @@ class ProjectionRunner:
         for row in rows:
             if not row[3].startswith(topics):
                 continue  # names, addresses, the host catalog, ...: none of these reads them
-            event: Any = self.reader.decode(row)
-            at = str(utc_text(event.timestamp))
+            event, stored_time = self.reader.decode(row)
+            at = stored_time if is_utc_text(stored_time) else str(utc_text(event.timestamp))
             previous_at, state = self._fold(event)
             self._last_at[event.originator_id] = at
-            yield Change(row[0], event, state, str(event.originator_id), at, previous_at)
+            aggregate_id = row[1] if self.reader.ids_are_text else str(event.originator_id)
+            yield Change(row[0], event, state, aggregate_id, at, previous_at)
 
     def _fold(self, event: Any) -> tuple[str | None, Any]:
         """(when the aggregate was last changed before `event`, the aggregate after it)."""
         version = event.originator_version
         cached = self._aggregates.get(event.originator_id)
         if version == 1:
-            previous, state = None, event.mutate(None)
+            previous, state = None, apply_event(event, None)
         elif cached is not None and cached.version == version - 1:
             previous = self._last_at.get(event.originator_id) or utc_text(cached.modified_on)
             state = apply_event(event, cached)
@@ -291,7 +293,7 @@ class ProjectionRunner:
             self._written[projection.name] = 0
         self._aggregates.clear()
         self._last_at.clear()
-        with self._indexes_built_after(), self._commits_not_awaited():
+        with self._indexes_built_after(), self._commits_not_awaited(), _collector_paused():
             return self.catch_up(batch=REBUILD_BATCH, progress=progress)
 
     @contextmanager
@@ -358,6 +360,21 @@ def _after(clean_up: Callable[[], object]) -> Iterator[None]:
             clean_up()
         raise
     clean_up()
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection during a replay. The replay keeps every aggregate it
+    folds, so each full collection walks more objects than the last, and it makes no
+    cycles to collect: the collections are pure cost (about a tenth of the replay)."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _is_index(statement: str) -> bool:

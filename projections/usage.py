@@ -164,4 +164,15 @@ class HostUsageProjection:
 
 
 def _statuses(counts: Counter[str]) -> str:
-    return json.dumps({status: n for status, n in sorted(counts.items()) if n})
+    """`json.dumps` of the non-zero counts in status order, built from each status's
+    JSON once (this runs for every change a host sees)."""
+    return "{" + ", ".join([f"{_JSON_KEYS.get(status) or _json_key(status)}: {n}"
+                            for status, n in sorted(counts.items()) if n]) + "}"
+
+
+_JSON_KEYS: dict[str, str] = {}
+
+
+def _json_key(status: str) -> str:
+    key = _JSON_KEYS[status] = json.dumps(status)
+    return key

@@ -3,6 +3,7 @@ step, exact `--as-of` states, and a process killed mid-catch-up leaving nothing 
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import signal
@@ -310,6 +311,35 @@ def test_a_failed_replay_still_builds_the_indexes(store_url: str, tmp_path: Path
         runner.rebuild()
     assert index_names(ctx.db) == indexes
     ctx.close()
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_replay_pauses_the_garbage_collector_and_puts_it_back(
+        enabled: bool, tmp_path: Path) -> None:
+    """A replay runs without cyclic collections, and leaves the collector as it found it,
+    also when the replay fails."""
+    ctx = Context(f"sqlite:///{tmp_path / 'shelf.db'}", "tester", tmp_path / "data")
+    seeded(ctx, tmp_path, 3)
+    runner = ProjectionRunner(ctx.app, ctx.db)
+    during: list[bool] = []
+    rows = runner.reader.rows
+
+    def watched(after: int, batch: int) -> Any:
+        during.append(gc.isenabled())
+        return rows(after, batch)
+
+    runner.reader.rows = watched  # type: ignore[method-assign]
+    (gc.enable if enabled else gc.disable)()
+    try:
+        runner.rebuild()
+        assert during and not any(during) and gc.isenabled() == enabled
+        runner.reader.rows = lambda after, batch: 1 / 0  # type: ignore[method-assign]
+        with pytest.raises(ZeroDivisionError):
+            runner.rebuild()
+        assert gc.isenabled() == enabled
+    finally:
+        gc.enable()
+        ctx.close()
 
 
 def assert_catch_up_equals_rebuild(ctx: Context) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -17,6 +17,7 @@ from eventsourcing.persistence import (
 )
 
 from adapters.transcoding import FastJSONTranscoder
+from projections.base import is_utc_text, utc_text
 
 
 def transcoders() -> tuple[JSONTranscoder, FastJSONTranscoder]:
@@ -58,3 +59,26 @@ def test_an_unregistered_type_is_refused_as_before() -> None:
     _, fast = transcoders()
     with pytest.raises(TranscodingNotRegisteredError):
         fast.decode(b'{"when": {"_type_": "martian_time", "_data_": "sol 3"}}')
+
+
+@pytest.mark.parametrize("moment", [
+    datetime(2026, 11, 24, 3, 29, 54, 836057, tzinfo=UTC),
+    datetime(2026, 11, 24, 3, 29, 54, tzinfo=UTC),  # no microseconds: stored shorter
+    datetime(2026, 11, 24, 4, 29, 54, 1, tzinfo=timezone(timedelta(hours=1))),
+])
+def test_a_stored_timestamp_text_is_used_only_when_it_is_utc_text(moment: datetime) -> None:
+    standard, fast = transcoders()
+    state, stored = fast.decode_state(standard.encode({"timestamp": moment, "name": "vm-1"}))
+    assert state == {"timestamp": moment, "name": "vm-1"}
+    assert stored == moment.isoformat()
+    # What a reader writes: the stored text when it is already utc_text's, else formatted.
+    at = stored if is_utc_text(stored) else utc_text(state["timestamp"])
+    assert at == utc_text(moment)
+    assert is_utc_text(stored) == (moment.microsecond != 0 and moment.utcoffset() == timedelta(0))
+
+
+def test_decode_state_gives_no_text_for_a_timestamp_stored_otherwise() -> None:
+    _, fast = transcoders()
+    assert fast.decode_state(b'{"timestamp": "2026-11-24T03:29:54.836057+00:00"}')[1] is None
+    assert fast.decode_state(b'{"name": "vm-1"}') == ({"name": "vm-1"}, None)
+    assert fast.decode_state(b'[1, 2]') == ([1, 2], None)

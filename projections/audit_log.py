@@ -62,12 +62,17 @@ class AuditProjection:
         """CREATE TABLE IF NOT EXISTS audit_events (
             instance_id TEXT NOT NULL, version INTEGER NOT NULL, request_id TEXT NOT NULL,
             position BIGINT NOT NULL, event TEXT NOT NULL, start_time TEXT NOT NULL,
-            finish_time TEXT NOT NULL, result TEXT NOT NULL, host TEXT, details TEXT,
-            PRIMARY KEY (instance_id, version))""",
+            finish_time TEXT NOT NULL, result TEXT NOT NULL, host TEXT, details TEXT)""",
+        # The keys of the tables only ever appended to are unique indexes, not primary
+        # keys, so that a rebuild builds them once at its end, as the other indexes.
+        "CREATE UNIQUE INDEX IF NOT EXISTS audit_events_key ON audit_events "
+        "(instance_id, version)",
         """CREATE TABLE IF NOT EXISTS audit_history (
             instance_id TEXT NOT NULL, version INTEGER NOT NULL, position BIGINT NOT NULL,
             timestamp TEXT NOT NULL, event TEXT NOT NULL, "user" TEXT, request_id TEXT,
-            record TEXT NOT NULL, PRIMARY KEY (instance_id, version))""",
+            record TEXT NOT NULL)""",
+        "CREATE UNIQUE INDEX IF NOT EXISTS audit_history_key ON audit_history "
+        "(instance_id, version)",
     )
 
     def __init__(self) -> None:

@@ -97,10 +97,22 @@ class ProjectionRunner:
                 for statement in projection.schema:
                     if not (defer and _is_index(statement)):
                         self.db.execute(statement)
+                        self._drop_replaced_primary_key(statement)
                 self.db.execute("INSERT INTO projection_tracking (name, position) VALUES (?, 0) "
                                 "ON CONFLICT (name) DO NOTHING", (projection.name,))
         # Deferred for another's rebuild: look again next time (it may have died).
         self._schema_ready = self._indexes_deferred or not defer
+
+    def _drop_replaced_primary_key(self, statement: str) -> None:
+        """Tables made before their key became a unique index have it as a primary key
+        too (PostgreSQL names it <table>_pkey): drop that, once, rather than keep both.
+        (SQLite can't drop a constraint; there, older tables keep theirs.)"""
+        table = _unique_index_table(statement)
+        if table is None or self.db.backend != "postgres":
+            return
+        if self.db.query("SELECT 1 AS found FROM pg_constraint WHERE conname = ? "
+                         "AND conrelid = to_regclass(?)", (f"{table}_pkey", table)):
+            self.db.execute(f"ALTER TABLE {table} DROP CONSTRAINT {table}_pkey")
 
     def _lock_schema(self) -> None:
         if self.db.backend == "postgres":  # see SCHEMA_LOCK_KEY
@@ -378,12 +390,25 @@ def _collector_paused() -> Iterator[None]:
 
 
 def _is_index(statement: str) -> bool:
-    return statement.lstrip().upper().startswith("CREATE INDEX")
+    return statement.split()[:3] in (["CREATE", "INDEX", "IF"], ["CREATE", "UNIQUE", "INDEX"])
 
 
 def _index_names(projection: Projection) -> list[str]:
-    """The secondary indexes' names: CREATE INDEX IF NOT EXISTS <name> ON ..."""
-    return [statement.split()[5] for statement in projection.schema if _is_index(statement)]
+    """The indexes' names: CREATE [UNIQUE] INDEX IF NOT EXISTS <name> ON ..."""
+    return [_word_after(statement, "EXISTS") for statement in projection.schema
+            if _is_index(statement)]
+
+
+def _unique_index_table(statement: str) -> str | None:
+    """The table of a CREATE UNIQUE INDEX IF NOT EXISTS <name> ON <table> statement."""
+    if statement.split()[:3] != ["CREATE", "UNIQUE", "INDEX"]:
+        return None
+    return _word_after(statement, "ON")
+
+
+def _word_after(statement: str, word: str) -> str:
+    words = statement.split()
+    return words[words.index(word) + 1]
 
 
 def _topics_of(group: Iterable[Projection]) -> tuple[str, ...]:

@@ -51,8 +51,10 @@ class HostUsageProjection:
     folds = (Instance, Host)
     schema = (
         f"CREATE TABLE IF NOT EXISTS host_usage ({_USAGE_DDL}, PRIMARY KEY (name))",
-        f"CREATE TABLE IF NOT EXISTS host_usage_history ({_USAGE_DDL}, "
-        "PRIMARY KEY (name, position))",
+        f"CREATE TABLE IF NOT EXISTS host_usage_history ({_USAGE_DDL})",
+        # Appended to only: its key is a unique index, which a rebuild builds at its end.
+        "CREATE UNIQUE INDEX IF NOT EXISTS host_usage_history_key "
+        "ON host_usage_history (name, position)",
         "CREATE INDEX IF NOT EXISTS host_usage_history_time "
         "ON host_usage_history (name, updated_at)",
         """CREATE TABLE IF NOT EXISTS host_members (

@@ -296,6 +296,40 @@ def test_catch_up_leaves_the_projections_to_a_running_rebuild(pg_url: str,
     ctx.close()
 
 
+def test_an_older_tables_primary_key_gives_way_to_its_unique_index(pg_url: str,
+                                                                    tmp_path: Path) -> None:
+    """Tables made when the append-only tables' keys were primary keys: the first schema
+    check drops those (a rebuild then builds their unique indexes at its end), keeping
+    every row, and a key still can't be stored twice."""
+    ctx = Context(pg_url, "tester", tmp_path / "data")
+    seeded(ctx, tmp_path, 4)
+    ctx.projector.catch_up()
+    before = dump(ctx.db)
+    for table, key in (("audit_history", "instance_id, version"),
+                       ("audit_events", "instance_id, version"),
+                       ("host_usage_history", "name, position")):
+        ctx.db.execute(f"DROP INDEX {table}_key")
+        ctx.db.execute(f"ALTER TABLE {table} ADD PRIMARY KEY ({key})")  # as made before
+    other = Context(pg_url, "tester", tmp_path / "data")  # a newer process's first check
+    try:
+        other.projector.ensure_schema()
+        constraints = {row["name"] for row in other.db.query(
+            "SELECT conname AS name FROM pg_constraint WHERE contype = 'p'")}
+        assert not constraints & {"audit_history_pkey", "audit_events_pkey",
+                                  "host_usage_history_pkey"}
+        assert {"audit_history_key", "audit_events_key", "host_usage_history_key"} <= (
+            index_names(other.db))
+        assert dump(other.db) == before
+        row = other.db.query("SELECT * FROM audit_history LIMIT 1")[0]
+        with pytest.raises(Exception, match="audit_history_key"), other.db.transaction():
+            other.db.insert_many("audit_history", tuple(row), [tuple(row.values())])
+        assert other.projector.rebuild(jobs=2) > 0
+        assert dump(other.db) == before
+    finally:
+        other.close()
+        ctx.close()
+
+
 def test_a_failed_replay_still_builds_the_indexes(store_url: str, tmp_path: Path) -> None:
     ctx = Context(store_url, "tester", tmp_path / "data")
     seeded(ctx, tmp_path, 5)

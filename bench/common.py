@@ -23,7 +23,7 @@ from bench.seed import FLEET_LIVES, seed_store
 from cli.bootstrap import Context
 
 PG_ADMIN = os.environ.get("SHELF_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-EVENTS_PER_INSTANCE = 12  # FLEET_LIVES' average: sizes the first round of seeding
+EVENTS_PER_INSTANCE = 12.7  # FLEET_LIVES' average: sizes the first round of seeding
 
 
 def store_options(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +71,7 @@ def ensure_events(ctx: Context, events: int, hosts: int) -> int:
     while have < events:
         round_number += 1
         missing = events - have
-        instances = max(1, missing // EVENTS_PER_INSTANCE)
+        instances = max(1, round(missing / EVENTS_PER_INSTANCE))
         started = time.monotonic()
         note(f"seeding {instances} instances ({missing} events to go)")
         seed_store(ctx.app, instances, hosts=hosts, seed=have + round_number,

@@ -74,6 +74,8 @@ def _create(event: Any) -> Any:
     aggregate_class, names, mentions_id = creation
     maker: Any = aggregate_class
     aggregate = maker.__new__(aggregate_class)
+    if type(aggregate) is not aggregate_class:  # a __new__ of its own: `mutate` knows
+        return event.mutate(None)
     aggregate.__base_init__(originator_id=values["originator_id"],
                             originator_version=values["originator_version"],
                             timestamp=values["timestamp"])
@@ -88,7 +90,8 @@ def _creation_for(cls: type, topic: str) -> _Creation:
     """What `CanInitAggregate.mutate` would look up for this event, when it would do no
     more than build the aggregate (no `apply` of the event's own)."""
     if (not issubclass(cls, CanInitAggregate) or cls.mutate is not CanInitAggregate.mutate
-            or cls.apply is not CanMutateAggregate.apply or not topic):
+            or cls.apply is not CanMutateAggregate.apply
+            or cls._as_dict is not CanMutateAggregate._as_dict or not topic):
         return None
     aggregate_class = resolve_topic(topic)
     base = tuple(inspect.signature(aggregate_class.__base_init__).parameters)
@@ -104,9 +107,13 @@ def _plan_for(cls: type) -> _Plan:
     if (not issubclass(cls, DecoratedFuncCaller) or cls not in decorated_funcs
             or cls.mutate is not CanMutateAggregate.mutate
             or cls.apply is not DecoratedFuncCaller.apply
+            or cls._as_dict is not CanMutateAggregate._as_dict
             or not _base_apply_is_empty(cls)):
         return None
     method = decorated_funcs[cls]
+    if hasattr(method, "__wrapped__"):  # its signature is another function's: by name
+        names = tuple(inspect.signature(method).parameters)[1:]
+        return method, names, _no_getter
     parameters = list(inspect.signature(method).parameters.values())[1:]  # not `self`
     names = tuple(parameter.name for parameter in parameters)
     positional = len(names) >= 2 and all(

@@ -40,11 +40,7 @@ class EventReader:
         self._simple = mapper.cipher is None and mapper.compressor is None
         self._classes: dict[str, type | None] = {}  # None: decode through the mapper
         self._ids: dict[Any, uuid.UUID] = {}
-        # Stored JSON is UTF-8: read it as text, unless a cipher or compressor made it bytes.
-        columns = _COLUMNS[db.backend].format(
-            id_cast="::text",
-            state="convert_from(state, 'UTF8')" if self._simple else "state")
-        self._select = "SELECT " + columns + _FROM[db.backend]
+        self._select = ""  # made at the first read, which can ask the server
         self._state_times = getattr(mapper.transcoder, "decode_state", None)
         # PostgreSQL's text of a UUID is str(uuid); SQLite's stored id is its hex.
         self.ids_are_text = db.backend == "postgres"
@@ -53,7 +49,19 @@ class EventReader:
         """(position, originator_id, originator_version, topic, state), oldest first;
         originator_id as str(uuid) when `ids_are_text`, else as stored; state as text or
         bytes."""
+        if not self._select:
+            self._select = self._make_select()
         return self.db.rows(self._select, (after, limit))
+
+    def _make_select(self) -> str:
+        """Stored JSON is UTF-8: read it as text, unless a cipher or compressor made it
+        bytes, or the database's own encoding is not UTF-8 (text would be converted to it,
+        and fail on characters it lacks)."""
+        as_text = self._simple and (self.db.backend != "postgres" or self.db.query(
+            "SHOW server_encoding")[0]["server_encoding"] == "UTF8")
+        columns = _COLUMNS[self.db.backend].format(
+            id_cast="::text", state="convert_from(state, 'UTF8')" if as_text else "state")
+        return "SELECT " + columns + _FROM[self.db.backend]
 
     def decode(self, row: tuple[Any, ...]) -> tuple[Any, str | None]:
         """The row's event, and its timestamp as stored (text) when the transcoder can

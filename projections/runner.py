@@ -93,26 +93,54 @@ class ProjectionRunner:
         with self.db.transaction():
             self._lock_schema()
             self.db.execute(TRACKING_SCHEMA)
+            existing = self._index_names_present()
             for projection in self.projections:
                 for statement in projection.schema:
-                    if not (defer and _is_index(statement)):
+                    if not _is_index(statement):
                         self.db.execute(statement)
-                        self._drop_replaced_primary_key(statement)
+                    elif not defer and _word_after(statement, "EXISTS") not in existing:
+                        self._create_index(statement)  # (asked first: CREATE ... IF NOT
+                        # EXISTS would lock the table even when the index is there)
                 self.db.execute("INSERT INTO projection_tracking (name, position) VALUES (?, 0) "
                                 "ON CONFLICT (name) DO NOTHING", (projection.name,))
         # Deferred for another's rebuild: look again next time (it may have died).
         self._schema_ready = self._indexes_deferred or not defer
 
-    def _drop_replaced_primary_key(self, statement: str) -> None:
-        """Tables made before their key became a unique index have it as a primary key
-        too (PostgreSQL names it <table>_pkey): drop that, once, rather than keep both.
-        (SQLite can't drop a constraint; there, older tables keep theirs.)"""
+    def _index_names_present(self) -> set[str]:
+        if self.db.backend == "postgres":
+            rows = self.db.query("SELECT indexname AS name FROM pg_indexes "
+                                 "WHERE schemaname = current_schema()")
+        else:
+            rows = self.db.query("SELECT name FROM sqlite_master WHERE type = 'index'")
+        return {row["name"] for row in rows}
+
+    def _create_index(self, statement: str) -> None:
+        """Tables made before their key became a unique index have that key as their
+        primary key: on PostgreSQL the primary key is dropped once the index is there
+        (keeping both would cost every insert twice); SQLite can't drop it, so there the
+        primary key goes on serving as the key and the index is not made."""
         table = _unique_index_table(statement)
-        if table is None or self.db.backend != "postgres":
-            return
-        if self.db.query("SELECT 1 AS found FROM pg_constraint WHERE conname = ? "
-                         "AND conrelid = to_regclass(?)", (f"{table}_pkey", table)):
+        primary = self._primary_key_columns(table) if table is not None else []
+        if primary and primary == _index_columns(statement):
+            if self.db.backend == "sqlite":
+                return
+            self.db.execute(statement)
             self.db.execute(f"ALTER TABLE {table} DROP CONSTRAINT {table}_pkey")
+            return
+        self.db.execute(statement)
+
+    def _primary_key_columns(self, table: str) -> list[str]:
+        if self.db.backend == "sqlite":
+            rows = self.db.query("SELECT name FROM pragma_table_info(?) WHERE pk > 0 "
+                                 "ORDER BY pk", (table,))
+        else:
+            rows = self.db.query(
+                "SELECT a.attname AS name FROM pg_constraint c "
+                "CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY AS k(attnum, n) "
+                "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum "
+                "WHERE c.conname = ? AND c.conrelid = to_regclass(?) ORDER BY k.n",
+                (f"{table}_pkey", table))
+        return [row["name"] for row in rows]
 
     def _lock_schema(self) -> None:
         if self.db.backend == "postgres":  # see SCHEMA_LOCK_KEY
@@ -323,7 +351,8 @@ class ProjectionRunner:
             for statement in filter(_is_index, projection.schema):
                 with self.db.transaction():
                     self._lock_schema()
-                    self.db.execute(statement)
+                    if _word_after(statement, "EXISTS") not in self._index_names_present():
+                        self._create_index(statement)
         self.ensure_schema()
 
     @contextmanager
@@ -404,6 +433,12 @@ def _unique_index_table(statement: str) -> str | None:
     if statement.split()[:3] != ["CREATE", "UNIQUE", "INDEX"]:
         return None
     return _word_after(statement, "ON")
+
+
+def _index_columns(statement: str) -> list[str]:
+    """The column names of CREATE ... INDEX ... ON <table> (a, "b", c)."""
+    inside = statement[statement.index("(") + 1:statement.rindex(")")]
+    return [column.strip().strip('"') for column in inside.split(",")]
 
 
 def _word_after(statement: str, word: str) -> str:

@@ -25,6 +25,7 @@ from domain.process_manager import Settings
 from domain.service import all_hosts, find, new_request_id
 from projections import queries
 from projections.audit import actions_from_history
+from projections.base import utc_text
 from projections.runner import ProjectionRunner, all_projections
 from tests.conftest import node_xml
 
@@ -296,6 +297,39 @@ def test_catch_up_leaves_the_projections_to_a_running_rebuild(pg_url: str,
     ctx.close()
 
 
+def test_rows_name_ids_and_times_as_the_events_do(store_url: str, tmp_path: Path) -> None:
+    """Ids as str(uuid) and times as utc_text, whichever way the reader got them (text
+    straight from the store, or formatted): a change to both catch-up and rebuild would
+    slip past the test that compares the two."""
+    ctx = Context(store_url, "tester", tmp_path / "data")
+    seeded(ctx, tmp_path, 4)
+    ctx.projector.catch_up()
+    events = [ctx.app.mapper.to_domain_event(n)
+              for n in ctx.app.recorder.select_notifications(start=1, limit=100_000)]
+    expected = {(str(e.originator_id), e.originator_version): utc_text(e.timestamp)
+                for e in events if isinstance(e, Instance.Event)}
+    rows = ctx.db.query("SELECT instance_id, version, timestamp FROM audit_history")
+    assert {(r["instance_id"], int(r["version"])): r["timestamp"] for r in rows} == expected
+    ids = {row["id"] for row in ctx.db.query("SELECT id FROM instances")}
+    assert ids == {key[0] for key in expected}
+    ctx.close()
+
+
+def test_an_older_sqlite_tables_primary_key_serves_as_its_key(tmp_path: Path) -> None:
+    """SQLite can't drop a primary key: a table made with one gets no second index."""
+    ctx = Context(f"sqlite:///{tmp_path / 'shelf.db'}", "tester", tmp_path / "data")
+    ctx.db.execute("CREATE TABLE audit_events (instance_id TEXT NOT NULL, version INTEGER "
+                   "NOT NULL, request_id TEXT NOT NULL, position BIGINT NOT NULL, event TEXT "
+                   "NOT NULL, start_time TEXT NOT NULL, finish_time TEXT NOT NULL, result "
+                   "TEXT NOT NULL, host TEXT, details TEXT, PRIMARY KEY (instance_id, version))")
+    seeded(ctx, tmp_path, 3)
+    ctx.projector.catch_up()
+    ProjectionRunner(ctx.app, ctx.db).rebuild()
+    names = index_names(ctx.db)
+    assert "audit_events_key" not in names and "audit_history_key" in names
+    assert_catch_up_equals_rebuild(ctx)
+
+
 def test_an_older_tables_primary_key_gives_way_to_its_unique_index(pg_url: str,
                                                                     tmp_path: Path) -> None:
     """Tables made when the append-only tables' keys were primary keys: the first schema
@@ -317,6 +351,7 @@ def test_an_older_tables_primary_key_gives_way_to_its_unique_index(pg_url: str,
             "SELECT conname AS name FROM pg_constraint WHERE contype = 'p'")}
         assert not constraints & {"audit_history_pkey", "audit_events_pkey",
                                   "host_usage_history_pkey"}
+        assert {"instances_pkey", "audit_actions_pkey", "host_usage_pkey"} <= constraints
         assert {"audit_history_key", "audit_events_key", "host_usage_history_key"} <= (
             index_names(other.db))
         assert dump(other.db) == before

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from eventsourcing.domain import Aggregate, event
 
+from adapters import folding
 from adapters.folding import apply_event
 
 
@@ -89,3 +90,31 @@ def test_a_key_error_from_the_method_is_raised_once_not_retried() -> None:
     with pytest.raises(KeyError):
         apply_event(events[1], ours)
     assert ours.log == [] and ours.version == 1  # ran once, changed nothing
+
+
+class Counted(Aggregate):
+    """A created event with an `apply` of its own: `mutate` must do it, not a shortcut."""
+
+    class Opened(Aggregate.Created):
+        start: int
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.applied = True
+
+    @event(Opened)
+    def __init__(self, start: int) -> None:
+        self.count = start
+
+
+def test_the_fast_paths_are_taken_where_they_apply_and_not_elsewhere() -> None:
+    tank = Tank(name="t1")
+    tank.top(litres=1)
+    tank.label(text="x", colour="y")
+    both_ways(pending(tank))
+    theirs, ours = both_ways(pending(Counted(start=3)))
+    assert vars(ours) == vars(theirs) and ours.applied and ours.count == 3
+    creations = {cls: creation for (cls, _), creation in folding._creations.items()}
+    assert creations[Tank.Filled] is not None and creations[Counted.Opened] is None
+    assert folding._plans[Tank.Topped] is not None
+    assert folding._plans[Tank.Topped][2] is not folding._no_getter  # positional
+    assert folding._plans[Tank.Labelled][2] is folding._no_getter  # keyword-only

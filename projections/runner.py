@@ -19,7 +19,7 @@ from eventsourcing.application import Application
 
 from adapters.eventstore import SCHEMA_LOCK_KEY, project_events
 from adapters.folding import apply_event
-from domain.errors import UsageError
+from domain.errors import ShelfError, UsageError
 from domain.host import Host
 from domain.instance import Instance
 from projections.audit_log import AuditProjection
@@ -106,6 +106,16 @@ class ProjectionRunner:
         # Deferred for another's rebuild: look again next time (it may have died).
         self._schema_ready = self._indexes_deferred or not defer
 
+    def _ensure_tables(self) -> None:
+        """The schema without building missing indexes: a rebuild drops them and builds
+        them at its end, from rows it has just replayed. (So a rebuild also mends a table
+        whose key could not be built.)"""
+        self._indexes_deferred = True
+        try:
+            self.ensure_schema()
+        finally:
+            self._indexes_deferred = self._schema_ready = False
+
     def _index_names_present(self) -> set[str]:
         if self.db.backend == "postgres":
             rows = self.db.query("SELECT indexname AS name FROM pg_indexes "
@@ -124,10 +134,24 @@ class ProjectionRunner:
         if primary and primary == _index_columns(statement):
             if self.db.backend == "sqlite":
                 return
-            self.db.execute(statement)
+            self._execute_index(statement)
             self.db.execute(f"ALTER TABLE {table} DROP CONSTRAINT {table}_pkey")
             return
-        self.db.execute(statement)
+        self._execute_index(statement)
+
+    def _execute_index(self, statement: str) -> None:
+        try:
+            self.db.execute(statement)
+        except Exception as error:
+            if _unique_index_table(statement) is None:
+                raise
+            # Rows with one key twice (only a bug could store them while a rebuild had
+            # the key dropped): say what mends it, rather than fail every command.
+            raise ShelfError(
+                f"projection table {_unique_index_table(statement)} holds two rows with one "
+                f"key, so its index {_word_after(statement, 'EXISTS')} can't be built "
+                f"({str(error).splitlines()[0]}); `shelf projections rebuild` replays it "
+                f"from the events") from error
 
     def _primary_key_columns(self, table: str) -> list[str]:
         if self.db.backend == "sqlite":
@@ -270,7 +294,7 @@ class ProjectionRunner:
         With `jobs` > 1 on PostgreSQL the projections are replayed in that many processes
         at once (each one's rows and position still move together, batch by batch)."""
         chosen = self._chosen(names)
-        self.ensure_schema()
+        self._ensure_tables()
         with self._rebuild_lock():
             self._empty(chosen)
             groups = split_by_cost(chosen, jobs if self.db.backend == "postgres" else 1)

@@ -19,6 +19,7 @@ import pytest
 
 from bench.seed import Seeder
 from cli.bootstrap import Context
+from domain.errors import ShelfError
 from domain.host import Host
 from domain.instance import Instance
 from domain.process_manager import Settings
@@ -360,6 +361,30 @@ def test_an_older_tables_primary_key_gives_way_to_its_unique_index(pg_url: str,
             other.db.insert_many("audit_history", tuple(row), [tuple(row.values())])
         assert other.projector.rebuild(jobs=2) > 0
         assert dump(other.db) == before
+    finally:
+        other.close()
+        ctx.close()
+
+
+def test_a_key_that_cant_be_built_is_named_and_a_rebuild_mends_it(pg_url: str,
+                                                                  tmp_path: Path) -> None:
+    """Two rows with one key (a bug while a rebuild had the key dropped): commands say
+    which table and what mends it, and `projections rebuild` still runs and mends it."""
+    ctx = Context(pg_url, "tester", tmp_path / "data")
+    seeded(ctx, tmp_path, 3)
+    ctx.projector.catch_up()
+    before = dump(ctx.db)
+    ctx.db.execute("DROP INDEX audit_history_key")
+    row = ctx.db.query("SELECT * FROM audit_history LIMIT 1")[0]
+    with ctx.db.transaction():
+        ctx.db.insert_many("audit_history", tuple(row), [tuple(row.values())])
+    other = Context(pg_url, "tester", tmp_path / "data")
+    try:
+        with pytest.raises(ShelfError, match=r"audit_history holds two rows with one key.*"
+                                             r"projections rebuild"):
+            ProjectionRunner(other.app, other.db).ensure_schema()
+        assert ProjectionRunner(other.app, other.db).rebuild() > 0
+        assert dump(other.db) == before and "audit_history_key" in index_names(other.db)
     finally:
         other.close()
         ctx.close()

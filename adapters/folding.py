@@ -82,7 +82,7 @@ def _create(event: Any) -> Any:
     kwargs = {name: values[name] for name in names if name in values}
     if mentions_id:
         kwargs["id"] = values["originator_id"]
-    aggregate.__init__(**kwargs)  # as `mutate` does: the class's own, undecorated
+    aggregate.__init__(**kwargs)  # as `mutate` calls it
     return aggregate
 
 
@@ -111,13 +111,12 @@ def _plan_for(cls: type) -> _Plan:
             or not _base_apply_is_empty(cls)):
         return None
     method = decorated_funcs[cls]
-    if hasattr(method, "__wrapped__"):  # its signature is another function's: by name
-        names = tuple(inspect.signature(method).parameters)[1:]
-        return method, names, _no_getter
     parameters = list(inspect.signature(method).parameters.values())[1:]  # not `self`
     names = tuple(parameter.name for parameter in parameters)
-    positional = len(names) >= 2 and all(
-        parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for parameter in parameters)
+    positional = (not hasattr(method, "__wrapped__")  # a signature borrowed: by name
+                  and len(names) >= 2
+                  and all(parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+                          for parameter in parameters))
     # The values in parameter order, in one C call; a missing one raises KeyError.
     return method, names, operator.itemgetter(*names) if positional else _no_getter
 

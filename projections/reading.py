@@ -24,7 +24,7 @@ from projections.db import Database
 
 # The tables eventsourcing's recorders keep the events in (the application is "shelf").
 _COLUMNS = {
-    "postgres": "notification_id, originator_id{id_cast}, originator_version, topic, {state}",
+    "postgres": "notification_id, originator_id::text, originator_version, topic, {state}",
     "sqlite": "rowid, originator_id, originator_version, topic, state",
 }
 _FROM = {
@@ -60,7 +60,7 @@ class EventReader:
         as_text = self._simple and (self.db.backend != "postgres" or self.db.query(
             "SHOW server_encoding")[0]["server_encoding"] == "UTF8")
         columns = _COLUMNS[self.db.backend].format(
-            id_cast="::text", state="convert_from(state, 'UTF8')" if as_text else "state")
+            state="convert_from(state, 'UTF8')" if as_text else "state")
         return "SELECT " + columns + _FROM[self.db.backend]
 
     def decode(self, row: tuple[Any, ...]) -> tuple[Any, str | None]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from copy import deepcopy
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +26,7 @@ from eventsourcing.application import (
 )
 from eventsourcing.persistence import IntegrityError, Transcoder
 
+from adapters import sqlite_writer
 from adapters.folding import apply_event
 from adapters.group_commit import GroupCommit
 from adapters.logs import get_logger
@@ -243,21 +244,9 @@ class EventStoreRepository:
             self.app.recorder.insert_events(stored)
 
 
-# SQLite lets one connection write at a time, and a connection that finds the lock taken
-# sleeps in steps of up to 100 ms before it looks again. Within one process the writers
-# (the group commit's leader, the projections' catch-up) take turns on this lock instead,
-# so each starts the moment the other is done.
-_SQLITE_WRITERS: dict[str, threading.RLock] = {}
-_SQLITE_WRITERS_GUARD = threading.Lock()
-
-
 def local_writer(store: StoreURL) -> AbstractContextManager[Any]:
-    """Held around every write transaction of this process on `store` (SQLite only)."""
-    if store.backend != "sqlite" or store.sqlite_path is None:
-        return nullcontext()
-    key = str(store.sqlite_path.absolute())
-    with _SQLITE_WRITERS_GUARD:
-        return _SQLITE_WRITERS.setdefault(key, threading.RLock())
+    """Held around every write transaction on `store` (adapters/sqlite_writer.py)."""
+    return sqlite_writer.local_writer(store.backend, store.sqlite_path)
 
 
 # PostgreSQL's `CREATE ... IF NOT EXISTS` fails with "tuple concurrently updated" when two

@@ -1,12 +1,19 @@
 """Per-instance leases, so two `serve` processes on one store never drive one instance at
 once (its hypervisor side effects would run twice). A lease dies with its holder:
-PostgreSQL advisory locks end with the session, SQLite's lock files with the process.
+PostgreSQL advisory locks end with the session; on SQLite, a lock on one byte of a lease
+file beside the database (the instance's id picks the byte) ends with the process.
+
+The SQLite leases are open-file-description locks (Linux): owned by the open file, not
+by the process as POSIX record locks are, so two holders in one process exclude each
+other too. One file for every instance: a file per instance cost a file creation per new
+instance (a tenth of a drive's time) and left a file behind for every instance ever.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import struct
 import threading
 import uuid
 from collections.abc import Iterator
@@ -24,6 +31,7 @@ class InstanceLeases:
         self.store = store
         self._lock = threading.Lock()
         self._pg: psycopg.Connection[Any] | None = None
+        self._file: int | None = None
 
     @contextmanager
     def hold(self, instance_id: uuid.UUID) -> Iterator[bool]:
@@ -57,24 +65,40 @@ class InstanceLeases:
 
     @contextmanager
     def _file_lease(self, instance_id: uuid.UUID) -> Iterator[bool]:
-        assert self.store.sqlite_path is not None
-        directory = self.store.sqlite_path.parent / f".{self.store.sqlite_path.name}.leases"
-        directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(directory / str(instance_id), os.O_CREAT | os.O_RDWR, 0o600)
+        offset = instance_id.int >> 66  # 62 bits: a byte offset a lock may name
+        fd = self._lease_file()
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_WRLCK, offset))
+        except (BlockingIOError, PermissionError):  # EAGAIN or EACCES: held elsewhere
+            yield False
+            return
+        try:
             yield True
         finally:
-            os.close(fd)  # closing releases the lock
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, offset))
+
+    def _lease_file(self) -> int:
+        with self._lock:
+            if self._file is None:
+                assert self.store.sqlite_path is not None
+                # Not `.leases`: that was the directory of one file per instance before.
+                name = f".{self.store.sqlite_path.name}.lease-locks"
+                path = self.store.sqlite_path.parent / name
+                self._file = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+            return self._file
 
     def close(self) -> None:
         if self._pg is not None:
             self._pg.close()
             self._pg = None
+        if self._file is not None:
+            os.close(self._file)  # and with it any lease still held
+            self._file = None
+
+
+def _flock(kind: int, offset: int) -> bytes:
+    """A `struct flock` for one byte at `offset` (l_pid 0, as OFD locks require)."""
+    return struct.pack("hhqqi4x", kind, os.SEEK_SET, offset, 1, 0)
 
 
 def _psycopg() -> Any:

@@ -14,8 +14,12 @@ this process (starting a Python process per request would measure Python, not sh
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
-import threading
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -24,9 +28,7 @@ from adapters.images import DirectoryImageStore
 from adapters.libvirt_host import LibvirtHosts
 from bench.common import bench_store, figure, machine, note, store_options, tmp_dir
 from cli.bootstrap import Context
-from cli.worker import Worker
 from domain.ports import DomainSpec
-from domain.process_manager import Settings
 from domain.service import new_request_id
 
 NODE = ("<node><cpu><nodes>1</nodes><sockets>1</sockets><cores>256</cores><threads>1</threads>"
@@ -43,24 +45,33 @@ def node_uri(folder: Path, name: str) -> str:
 
 
 class ShelfRun:
-    """The service and a running worker on a fresh store."""
+    """The service, and `workers` real `shelf serve` processes, on a fresh store. With
+    several, the hosts are dealt out among them (`serve --host`), one serve per host as on
+    real hosts (and a test-driver host lives inside one process)."""
 
-    def __init__(self, url: str, hosts: int, threads: int) -> None:
+    def __init__(self, url: str, hosts: int, threads: int, workers: int) -> None:
         self.work = tmp_dir("shelf-bench-lifecycle-")
         self.ctx = Context(url, "bench", self.work / "data")
-        for number in range(hosts):
-            name = f"h{number:03d}"
+        self.names = [f"h{number:03d}" for number in range(hosts)]
+        for name in self.names:
             # 100 GB: what a test-driver host's storage pool really holds, so placement
             # refuses (rather than libvirt failing) once a host's pool is full.
             self.ctx.service.add_host(name, node_uri(self.work, name), 100_000, 10_000_000,
                                       TEST_POOL_GB, "bench", new_request_id())
-        self.names = [f"h{number:03d}" for number in range(hosts)]
-        self.ctx.projector.ensure_schema()  # wait_for reads it before the worker's first pass
-        self.worker = Worker(self.ctx, Settings(shutdown_timeout=0), threads=threads)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.worker.run, args=(self.stop,), daemon=True)
-        self.thread.start()
+        self.ctx.projector.ensure_schema()  # wait_for reads it before a worker's first pass
+        self.serves = [self._start_serve(number, workers, threads) for number in range(workers)]
         self.ids: list[str] = []
+
+    def _start_serve(self, number: int, workers: int, threads: int) -> subprocess.Popen[bytes]:
+        owned = self.names[number::workers] if workers > 1 else []
+        command = [sys.executable, "-m", "cli.main", "--store", self.ctx.store.url, "serve",
+                   "--threads", str(threads), "--shutdown-timeout", "0",
+                   *(arg for name in owned for arg in ("--host", name))]
+        env = {**os.environ, "SHELF_DATA_DIR": str(self.work / "data"),
+               "SHELF_LOG_LEVEL": "info"}
+        log = (self.work / f"serve-{number}.log").open("wb")
+        return subprocess.Popen(command, env=env, stdout=log, stderr=log,
+                                cwd=Path(__file__).resolve().parent.parent)
 
     def boot_all(self, count: int) -> None:
         for number in range(count):
@@ -92,6 +103,8 @@ class ShelfRun:
                                  "AND vm_state != ? AND fault IS NOT NULL", (vm_state,))
                 if stuck:  # a failed step: say so rather than wait for ever
                     raise SystemExit(f"bench: {stuck[0]['name']} failed: {stuck[0]['fault']}")
+                if any(serve.poll() is not None for serve in self.serves):
+                    raise SystemExit(f"bench: a serve stopped; see its log in {self.work}")
                 time.sleep(0.02)
         finally:
             db.close()
@@ -99,11 +112,38 @@ class ShelfRun:
     def events(self) -> int:
         return self.ctx.app.recorder.max_notification_id() or 0
 
+    def stop_serves(self) -> Commits:
+        """Stop every serve; their group-commit counts, from the line each logs on stopping."""
+        for serve in self.serves:
+            serve.send_signal(signal.SIGTERM)
+        commits = Commits()
+        for number, serve in enumerate(self.serves):
+            serve.wait(timeout=120)
+            commits.add(self.work / f"serve-{number}.log")
+        return commits
+
     def close(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=60)
+        for serve in self.serves:
+            if serve.poll() is None:
+                serve.kill()
+                serve.wait()
         self.ctx.close()
         shutil.rmtree(self.work, ignore_errors=True)
+
+
+class Commits:
+    """Transactions and saves written by the serves' group commits."""
+
+    def __init__(self) -> None:
+        self.transactions = self.saves = self.split = 0
+
+    def add(self, log: Path) -> None:
+        for line in log.read_text(errors="replace").splitlines():
+            if '"serve.stopped"' in line:
+                stopped = json.loads(line)
+                self.transactions += stopped["transactions"]
+                self.saves += stopped["saves"]
+                self.split += stopped["split"]
 
 
 class BareRun:
@@ -163,6 +203,9 @@ def _mac(number: int) -> str:
 
 
 def timed(action: object) -> float:
+    # Each side starts with nothing of the other's left to write back: the disk writes
+    # one side leaves dirty would otherwise slow the next side's fsyncs.
+    os.sync()
     started = time.monotonic()
     action()  # type: ignore[operator]
     return time.monotonic() - started
@@ -173,11 +216,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instances", type=int, default=100)
     parser.add_argument("--hosts", type=int, default=4)
     parser.add_argument("--threads", type=int, default=4, help="serve --threads")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="serve processes, the hosts dealt out among them (serve --host)")
     store_options(parser)
     args = parser.parse_args(argv)
     count = args.instances
     with bench_store(args.store, args.keep) as url:
-        shelf = ShelfRun(url, args.hosts, args.threads)
+        shelf = ShelfRun(url, args.hosts, args.threads, args.workers)
         try:
             note(f"shelf: booting {count}")
             shelf.boot_all(count)
@@ -187,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             shelf_seconds += timed(lambda: shelf.request_all("unshelve", "active"))
             cycle_events = shelf.events() - before
             backend = shelf.ctx.store.backend
-            commits = shelf.ctx.repo.commits  # whole run, boots included
+            commits = shelf.stop_serves()  # whole run, boots included
         finally:
             shelf.close()
     bare = BareRun(args.hosts)
@@ -200,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         bare.close()
     shelf_rate, bare_rate = count / shelf_seconds, count / bare_seconds
     print(f"# bench/lifecycle on {backend}, {count} instances, {args.hosts} hosts, "
-          f"{args.threads} threads, {machine()}")
+          f"{args.workers} serve x {args.threads} threads, {machine()}")
     figure("shelf cycles/s", shelf_rate, "cycles/s")
     figure("shelf events/s", cycle_events / shelf_seconds, "events/s")
     figure("shelf events per cycle", cycle_events / count)

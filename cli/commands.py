@@ -237,6 +237,7 @@ def serve(ctx: Context, args: argparse.Namespace) -> int:
         shelved_offload_time=args.shelved_offload_time,
         shutdown_timeout=args.shutdown_timeout,
         shutdown_retry_interval=args.shutdown_retry_interval,
+        hosts=_owned_hosts(ctx, args.hosts),
     )
     worker = Worker(ctx, settings, EnvFailpoints(), threads=args.threads)
     stop = threading.Event()
@@ -246,6 +247,14 @@ def serve(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def _owned_hosts(ctx: Context, names: list[str] | None) -> frozenset[str] | None:
+    """`serve --host`: each must be a host the store knows (a typo would leave its
+    instances waiting for ever)."""
+    if not names:
+        return None
+    for name in names:
+        resolve_host(ctx.repo, name)
+    return frozenset(names)
 
 
 # ---- reconcile ----------------------------------------------------------------------------

@@ -150,6 +150,9 @@ def _add_service_commands(sub: argparse._SubParsersAction[OneLineParser]) -> Non
                        help="seconds between clean-shutdown requests (10)")
     serve.add_argument("--threads", type=int, default=4,
                        help="instances driven at once (4)")
+    serve.add_argument("--host", action="append", metavar="NAME", dest="hosts",
+                       help="perform hypervisor steps only on this host (repeatable; "
+                            "default: every host). Run one such serve per hypervisor host")
     serve.set_defaults(func=commands.serve)
     reconcile = sub.add_parser("reconcile", help="compare the store with every host")
     reconcile.add_argument("--fix", action="store_true",

@@ -28,6 +28,10 @@ POLL_SECONDS = 0.02  # a new request waits at most this long for a worker to see
 TIMER_SECONDS = 1.0
 NOTIFICATION_BATCH = 1000
 BACKOFF_START, BACKOFF_MAX = 0.5, 30.0
+# An instance another serve holds is tried again after this, doubling up to the sweep's
+# interval: with `serve --host`, a claim made by one serve is spawned by another, which
+# hears of it while the first may still hold the instance for a moment.
+HELD_RETRY_START = POLL_SECONDS
 SWEEP_SECONDS = 5.0
 # How often a busy worker writes the projections. Every read command catches them up
 # itself first, so this only bounds how far behind they are; writing them after every
@@ -37,6 +41,10 @@ PROJECTIONS_SECONDS = 0.5
 # thread writing a group commit gives it up for every database call and must get it back
 # each time; behind busy drive threads that wait is what made a 0.4 ms commit take 2 ms.
 SWITCH_INTERVAL = 0.0005
+# Held (by lease, as an instance is) while a serve writes the projections: with several
+# serves on one store, one that finds another writing them skips its turn, rather than
+# fold the same events only to find the other has written them first.
+PROJECTIONS_LEASE = uuid.UUID("5e1f0000-0000-4000-8000-00000000c0de")
 
 
 class Worker:
@@ -52,6 +60,8 @@ class Worker:
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="drive")
         self.running: dict[uuid.UUID, Future[None]] = {}
         self.again: set[uuid.UUID] = set()  # touched again while being driven
+        # held by another serve: (when to try again, the wait after that)
+        self.held_elsewhere: dict[uuid.UUID, tuple[float, float]] = {}
         self.lock = threading.Lock()
         self.position = 0
         self.last_timer_check = 0.0
@@ -90,16 +100,32 @@ class Worker:
             self.submit(self._to_drive(notifications))
         self.check_offload_timer()
         self.sweep_in_flight()
+        self.retry_held_elsewhere()
         return len(notifications)
 
     def _to_drive(self, notifications: Iterable[Notification]) -> Iterator[uuid.UUID]:
         """The instances a new event touched, except where this process's own drive
-        recorded it (that drive went on from it already)."""
+        recorded it (that drive went on from it already), or, with `serve --host`, where
+        the event names a host another serve owns (its next step is almost always on
+        that host; should it not be, the sweep finds it)."""
+        owned = self.settings.hosts
         for notification in notifications:
             if notification.topic.startswith(INSTANCE_TOPIC):
                 instance_id = uuid.UUID(str(notification.originator_id))
-                if not self.pm.recorded_here(instance_id, notification.originator_version):
+                if self.pm.recorded_here(instance_id, notification.originator_version):
+                    continue
+                if owned is None or self._event_host(notification) in (None, *owned):
                     yield instance_id
+
+    def _event_host(self, notification: Notification) -> str | None:
+        mapper = self.ctx.app.mapper
+        state = notification.state
+        if mapper.cipher:
+            state = mapper.cipher.decrypt(state)
+        if mapper.compressor:
+            state = mapper.compressor.decompress(state)
+        host = mapper.transcoder.decode(state).get("host")
+        return host if isinstance(host, str) else None
 
     def check_offload_timer(self, force: bool = False) -> None:
         """The deadline is derived from `shelved_at` in the store, so it survives restarts."""
@@ -122,11 +148,27 @@ class Worker:
                     continue
                 self.running[instance_id] = self.pool.submit(self._drive, instance_id)
 
+    def retry_held_elsewhere(self) -> None:
+        now = time.monotonic()
+        with self.lock:
+            due = [key for key, (when, _) in self.held_elsewhere.items() if when <= now]
+        self.submit(due)
+
+    def _note_held(self, instance_id: uuid.UUID, held: bool) -> None:
+        with self.lock:
+            if held:
+                self.held_elsewhere.pop(instance_id, None)
+                return
+            wait = self.held_elsewhere.get(instance_id, (0.0, HELD_RETRY_START))[1]
+            self.held_elsewhere[instance_id] = (
+                time.monotonic() + wait, min(wait * 2, SWEEP_SECONDS))
+
     def _drive(self, instance_id: uuid.UUID) -> None:
         while True:
             try:
                 with self.leases.hold(instance_id) as held:
-                    if held:  # else another serve drives it; the sweep retries later
+                    self._note_held(instance_id, held)
+                    if held:  # else another serve drives it: tried again soon
                         self.pm.drive(instance_id)
             except Exception:  # one instance's bug must not stop the others
                 self.log.exception("drive.crashed", instance_id=str(instance_id))
@@ -172,7 +214,9 @@ class Worker:
     def catch_up_projections(self, idle: bool) -> None:
         now = time.monotonic()
         if idle or now - self.last_projection >= PROJECTIONS_SECONDS:
-            self.ctx.projector.catch_up()
+            with self.leases.hold(PROJECTIONS_LEASE) as held:
+                if held:
+                    self.ctx.projector.catch_up()
             self.last_projection = now
 
     def _until_started(self, stop: threading.Event) -> None:
@@ -189,3 +233,6 @@ class Worker:
     def shutdown(self) -> None:
         self.pool.shutdown(wait=True)
         self.leases.close()
+        commits = self.ctx.repo.commits
+        self.log.info("serve.stopped", transactions=commits.transactions, saves=commits.saves,
+                      split=commits.split)

@@ -41,6 +41,9 @@ class Settings:
     shelved_offload_time: float = 0  # -1 never, 0 at once, N seconds after shelving
     shutdown_timeout: float = 60
     shutdown_retry_interval: float = 10
+    # The hosts whose hypervisor steps this worker performs (`serve --host`); None: all.
+    # Steps that call no hypervisor (claim, finish, ...) are anyone's.
+    hosts: frozenset[str] | None = None
 
 
 class VolumeStore(Protocol):
@@ -59,6 +62,24 @@ class Failpoints(Protocol):
 class NoFailpoints:
     def hit(self, name: str) -> None:
         return None
+
+
+_ON_HOST_STEPS = frozenset({plans.POWER_OFF, plans.POWER_ON, plans.PAUSE, plans.UNPAUSE,
+                            plans.SUSPEND, plans.RESUME, plans.SNAPSHOT})
+
+
+def acting_host(instance: Instance, step: str) -> str | None:
+    """The host whose hypervisor `step` calls (as the step method picks it), or None for a
+    step that only records, or touches the shared image and volume stores."""
+    if step in _ON_HOST_STEPS:
+        return instance.host
+    if step == plans.CLEAN_NETWORK:
+        return instance.network_host or instance.claim_host
+    if step == plans.DESTROY:
+        return instance.host or instance.claim_host
+    if step in (plans.SETUP_NETWORK, plans.SPAWN):
+        return instance.claim_host
+    return None
 
 
 class ProcessManager:
@@ -103,6 +124,8 @@ class ProcessManager:
                     return
                 instance = self._saved_last.pop(instance_id, None)
                 continue
+            if not self.performs_here(instance, step):
+                return  # the serve that owns that host takes it from here (cli/worker.py)
             self._saved_last.pop(instance_id, None)  # only what this step saves counts
             try:
                 self.perform(instance, step)
@@ -122,6 +145,10 @@ class ProcessManager:
         if version >= last:
             self._recorded.pop(instance_id, None)
         return version <= last
+
+    def performs_here(self, instance: Instance, step: str) -> bool:
+        owned = self.settings.hosts
+        return owned is None or acting_host(instance, step) in (None, *owned)
 
     def perform(self, instance: Instance, step: str) -> None:
         log = self.log.bind(

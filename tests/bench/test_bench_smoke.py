@@ -20,13 +20,16 @@ def run(bench_main: object, argv: list[str], capsys: pytest.CaptureFixture[str])
     return lines
 
 
-@pytest.mark.parametrize("store", ["sqlite", "postgres"])
-def test_lifecycle_bench(store: str, request: pytest.FixtureRequest,
+@pytest.mark.parametrize(("store", "workers"), [("sqlite", 1), ("postgres", 1), ("sqlite", 2)])
+def test_lifecycle_bench(store: str, workers: int, request: pytest.FixtureRequest,
                          capsys: pytest.CaptureFixture[str]) -> None:
     if store == "postgres":
         request.getfixturevalue("pg_url")  # PostgreSQL is up (or the test fails under CI)
-    lines = run(lifecycle.main, ["--instances", "4", "--hosts", "2", "--store", store], capsys)
+    lines = run(lifecycle.main, ["--instances", "4", "--hosts", "2", "--store", store,
+                                 "--workers", str(workers)], capsys)
     assert any(line.startswith("shelf events/s") for line in lines)
+    saves = next(line for line in lines if line.startswith("saves per transaction"))
+    assert float(saves.split()[-1]) >= 1  # read from the serves' own logs
 
 
 def test_replay_bench(capsys: pytest.CaptureFixture[str]) -> None:

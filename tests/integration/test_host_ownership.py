@@ -1,0 +1,138 @@
+"""`serve --host`: each serve performs the hypervisor steps of its own hosts only, and an
+instance passes from one serve to another where a step moves it (unshelve onto another
+host), without waiting for the 5-second sweep. Both stores, libvirt's test driver.
+
+Each serve here has test-driver connections of its own, as a serve on another machine
+would: a step performed by the wrong serve would leave its domain in that serve's
+connection, not in the owner's."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.eventstore import parse_store_url
+from adapters.leases import InstanceLeases
+from adapters.libvirt_host import LibvirtHosts
+from cli import worker as worker_module
+from cli.bootstrap import Context
+from cli.worker import PROJECTIONS_LEASE, Worker
+from domain.process_manager import Settings
+from domain.service import new_request_id
+from tests.conftest import Harness, node_xml
+
+WAIT = ("--wait", "--timeout", "60")
+
+
+class Serve:
+    """A worker thread owning `hosts`, with test-driver connections of its own."""
+
+    def __init__(self, store: str, data: Path, hosts: frozenset[str] | None) -> None:
+        self.ctx = Context(store, "shelf", data)
+        self.drivers = LibvirtHosts(self.ctx.host_uri, data)
+        self.ctx = Context(store, "shelf", data, hosts=self.drivers)
+        self.worker = Worker(self.ctx, Settings(shutdown_timeout=1, hosts=hosts), threads=2)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.worker.run, args=(self.stop,), daemon=True)
+        self.thread.start()
+
+    def opened(self) -> set[str]:
+        """The hosts this serve ever connected to."""
+        return set(self.drivers._drivers)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=60)
+        self.drivers.close()
+        self.ctx.close()
+
+
+@pytest.fixture
+def serves(harness_factory: Any, store_url: str, tmp_path: Path,
+           monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Harness, Serve, Serve]]:
+    # The sweep would hide a missed hand-over: it drives everything in flight every 5 s.
+    monkeypatch.setattr(worker_module, "SWEEP_SECONDS", 3600.0)
+    h = harness_factory(start=False)
+    h.add_host("h1")
+    h.add_host("h2")
+    first = Serve(store_url, tmp_path / "data", frozenset({"h1"}))
+    second = Serve(store_url, tmp_path / "data", frozenset({"h2"}))
+    yield h, first, second
+    first.close()
+    second.close()
+
+
+def test_each_serve_performs_its_own_hosts_steps_and_hands_over(
+        serves: tuple[Harness, Serve, Serve]) -> None:
+    h, first, second = serves
+    h.ok("boot", "vm", "--host", "h1", "--vcpus", "1", "--memory-mb", "256",
+         "--disk-gb", "1", *WAIT)
+    assert first.drivers.driver("h1").power_state(h.show("vm")["id"]) == "running"
+    h.ok("shelve", "vm", *WAIT)
+    assert h.show("vm")["vm_state"] == "shelved_offloaded"
+    h.ok("unshelve", "vm", "--host", "h2", *WAIT)
+    shown = h.show("vm")
+    assert (shown["vm_state"], shown["host"]) == ("active", "h2")
+    # Spawned by the serve that owns h2, in its own connection; h1's serve never went there.
+    assert second.drivers.driver("h2").power_state(shown["id"]) == "running"
+    assert first.opened() == {"h1"}
+    assert second.opened() == {"h2"}
+
+
+def test_a_serve_for_an_unknown_host_is_refused(harness_factory: Any) -> None:
+    h = harness_factory(start=False)
+    h.add_host("h1")
+    result = h.shelf("serve", "--host", "h1", "--host", "nosuch")
+    assert result.code == 3
+    assert result.err.strip().splitlines() == ["shelf: no such host: nosuch"]
+
+
+def test_an_instance_held_by_another_serve_is_tried_again_soon(
+        harness_factory: Any, store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker_module, "SWEEP_SECONDS", 3600.0)
+    h = harness_factory()
+    h.add_host("h1")
+    h.ok("boot", "vm", "--host", "h1", "--vcpus", "1", "--memory-mb", "256",
+         "--disk-gb", "1", *WAIT)
+    instance_id = uuid.UUID(h.show("vm")["id"])
+    other = InstanceLeases(parse_store_url(store_url))  # as another serve holding it
+    try:
+        with other.hold(instance_id) as held:
+            assert held
+            h.ok("stop", "vm")
+            time.sleep(0.5)  # long enough for the worker to try, and find it held
+            assert h.show("vm")["vm_state"] == "active"
+        deadline = time.monotonic() + 60
+        while h.show("vm")["vm_state"] != "stopped" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert h.show("vm")["vm_state"] == "stopped"
+    finally:
+        other.close()
+
+
+def test_a_serve_leaves_the_projections_to_one_writing_them(
+        harness_factory: Any, store_url: str) -> None:
+    h = harness_factory(start=False)
+    ctx = Context(store_url, "shelf", h.tmp / "data")
+    ctx.projector.ensure_schema()
+    worker = Worker(ctx, Settings())
+    node = node_xml(h.tmp / "h1.xml")  # an event the projections have not taken yet:
+    ctx.service.add_host("h1", f"test://{node}", 8, 8192, 100, "tester", new_request_id())
+    other = InstanceLeases(parse_store_url(store_url))  # another serve, writing them now
+    try:
+        behind = ctx.projector.position()
+        with other.hold(PROJECTIONS_LEASE):
+            worker.catch_up_projections(idle=True)
+            assert ctx.projector.position() == behind
+        worker.catch_up_projections(idle=True)
+        assert ctx.projector.position() > behind
+    finally:
+        other.close()
+        worker.shutdown()
+        ctx.close()

@@ -207,7 +207,10 @@ class Worker:
             backoff = BACKOFF_START
             if once and not read and not self.busy():
                 break
-            if not read:
+            if read < NOTIFICATION_BATCH:  # no backlog: new events wait at most this long.
+                # (Polling again at once while busy read a few events a time, and cost
+                # serve more CPU than the steps' own drives: they go on from their own
+                # events and need no poll.)
                 stop.wait(POLL_SECONDS)
         self.shutdown()
 

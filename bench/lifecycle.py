@@ -59,19 +59,27 @@ class ShelfRun:
             self.ctx.service.add_host(name, node_uri(self.work, name), 100_000, 10_000_000,
                                       TEST_POOL_GB, "bench", new_request_id())
         self.ctx.projector.ensure_schema()  # wait_for reads it before a worker's first pass
-        self.serves = [self._start_serve(number, workers, threads) for number in range(workers)]
+        self.serves: list[subprocess.Popen[bytes]] = []
         self.ids: list[str] = []
+        try:
+            for number in range(workers):
+                self.serves.append(self._start_serve(number, workers, threads))
+        except BaseException:
+            self.close()
+            raise
 
     def _start_serve(self, number: int, workers: int, threads: int) -> subprocess.Popen[bytes]:
         owned = self.names[number::workers] if workers > 1 else []
         command = [sys.executable, "-m", "cli.main", "--store", self.ctx.store.url, "serve",
                    "--threads", str(threads), "--shutdown-timeout", "0",
                    *(arg for name in owned for arg in ("--host", name))]
+        # info: serve's own default, so the serves log each step as deployed; their
+        # `serve.stopped` line also carries the group-commit counts printed below.
         env = {**os.environ, "SHELF_DATA_DIR": str(self.work / "data"),
                "SHELF_LOG_LEVEL": "info"}
-        log = (self.work / f"serve-{number}.log").open("wb")
-        return subprocess.Popen(command, env=env, stdout=log, stderr=log,
-                                cwd=Path(__file__).resolve().parent.parent)
+        with (self.work / f"serve-{number}.log").open("wb") as log:  # the child keeps it
+            return subprocess.Popen(command, env=env, stdout=log, stderr=log,
+                                    cwd=Path(__file__).resolve().parent.parent)
 
     def boot_all(self, count: int) -> None:
         for number in range(count):
@@ -220,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="serve processes, the hosts dealt out among them (serve --host)")
     store_options(parser)
     args = parser.parse_args(argv)
+    if not 1 <= args.workers <= args.hosts:  # each serve owns at least one host
+        parser.error("--workers must be between 1 and --hosts")
     count = args.instances
     with bench_store(args.store, args.keep) as url:
         shelf = ShelfRun(url, args.hosts, args.threads, args.workers)

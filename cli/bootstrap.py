@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -100,13 +101,15 @@ class Context:
             raise KeyError(name) from None
 
     def process_manager(
-        self, settings: Settings, failpoints: Failpoints | None = None
+        self, settings: Settings, failpoints: Failpoints | None = None,
+        served: Callable[[str], bool] | None = None,
     ) -> ProcessManager:
         from domain.process_manager import ProcessManager
 
         ensure_configured()  # it logs through structlog directly
         return ProcessManager(
-            self.repo, self.hosts, self.images, self.volumes, settings, failpoints
+            self.repo, self.hosts, self.images, self.volumes, settings, failpoints,
+            served=served,
         )
 
     def close(self) -> None:

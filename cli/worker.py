@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import structlog
 from eventsourcing.persistence import Notification
 
-from adapters.leases import InstanceLeases
+from adapters.leases import InstanceLeases, ServingLeases, serving_key
 from cli.bootstrap import Context
 from domain.process_manager import Failpoints, ProcessManager, Settings
 
@@ -54,8 +54,10 @@ class Worker:
     ) -> None:
         self.ctx = ctx
         self.settings = settings
-        self.pm: ProcessManager = ctx.process_manager(settings, failpoints)
         self.leases = InstanceLeases(ctx.store)
+        self.serving = ServingLeases(ctx.store, settings.hosts) if settings.hosts else None
+        self.pm: ProcessManager = ctx.process_manager(
+            settings, failpoints, served=self.is_served if settings.hosts else None)
         self.log = structlog.get_logger("shelf.serve")
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="drive")
         self.running: dict[uuid.UUID, Future[None]] = {}
@@ -71,6 +73,7 @@ class Worker:
     # ---- start-up: resume what a crash left half-done ---------------------------------
 
     def start(self) -> None:
+        self.hold_serving_leases()
         self.ctx.projector.catch_up()
         self.position = self.ctx.projector.position()
         self.sweep_in_flight(force=True)
@@ -83,10 +86,24 @@ class Worker:
         if not force and now - self.last_sweep < SWEEP_SECONDS:
             return
         self.last_sweep = now
+        self.hold_serving_leases()
         in_flight = self.ctx.db.query("SELECT id FROM instances WHERE task_state IS NOT NULL")
         if in_flight and force:
             self.log.info("serve.resuming", instances=len(in_flight))
         self.submit(uuid.UUID(row["id"]) for row in in_flight)
+
+    def hold_serving_leases(self) -> None:
+        """`serve --host`: say which hosts this serve performs the steps on, for as long
+        as it runs (taken again should the database session end)."""
+        if self.serving is not None:
+            for host in self.serving.refresh():
+                self.log.warning("serve.host_served_elsewhere", host=host)
+
+    def is_served(self, host: str) -> bool:
+        """Whether some serve performs the steps on `host`: this one, or one holding its
+        serving lease."""
+        owned = self.settings.hosts
+        return owned is None or host in owned or self.leases.held_elsewhere(serving_key(host))
 
     # ---- one pass ---------------------------------------------------------------------
 
@@ -97,7 +114,7 @@ class Worker:
         )
         if notifications:
             self.position = notifications[-1].id
-            self.submit(self._to_drive(notifications))
+            self.submit(list(self._to_drive(notifications)))  # decoded outside the lock
         self.check_offload_timer()
         self.sweep_in_flight()
         self.retry_held_elsewhere()
@@ -118,13 +135,18 @@ class Worker:
                     yield instance_id
 
     def _event_host(self, notification: Notification) -> str | None:
+        """The host an event names; None if it names none, or can't be read (then it is
+        driven: a drive that finds nothing of its own to do costs one load)."""
         mapper = self.ctx.app.mapper
-        state = notification.state
-        if mapper.cipher:
-            state = mapper.cipher.decrypt(state)
-        if mapper.compressor:
-            state = mapper.compressor.decompress(state)
-        host = mapper.transcoder.decode(state).get("host")
+        try:
+            state = notification.state
+            if mapper.cipher:
+                state = mapper.cipher.decrypt(state)
+            if mapper.compressor:
+                state = mapper.compressor.decompress(state)
+            host = mapper.transcoder.decode(state).get("host")
+        except Exception:
+            return None
         return host if isinstance(host, str) else None
 
     def check_offload_timer(self, force: bool = False) -> None:
@@ -236,6 +258,8 @@ class Worker:
     def shutdown(self) -> None:
         self.pool.shutdown(wait=True)
         self.leases.close()
+        if self.serving is not None:
+            self.serving.close()
         commits = self.ctx.repo.commits
         self.log.info("serve.stopped", transactions=commits.transactions, saves=commits.saves,
                       split=commits.split)

@@ -87,8 +87,13 @@ class ProcessManager:
         self, repo: Repository, hosts: HostDrivers, images: ImageStore, volumes: VolumeStore,
         settings: Settings | None = None, failpoints: Failpoints | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        served: Callable[[str], bool] | None = None,
     ) -> None:
         self.repo, self.hosts, self.images, self.volumes = repo, hosts, images, volumes
+        # Whether some serve performs the steps on a host (`serve --host`): placement
+        # skips one that nobody serves, as Nova's scheduler skips a host whose compute
+        # service is down. None: this serve performs every host's steps itself.
+        self.served = served
         self.settings = settings or Settings()
         self.failpoints = failpoints or NoFailpoints()
         self.clock = clock
@@ -358,20 +363,26 @@ class ProcessManager:
                 raise NoRoom(f"No valid host was found: no host named {instance.target_host}")
             return host
         need = (instance.vcpus, instance.memory_mb, instance.disk_gb)
+        unserved = 0
         # Rank by what this worker last saw of each host (as Nova's scheduler ranks from its
         # cache), then load only the best candidate afresh: the claim is checked and saved
         # against that fresh copy, so a stale ranking can cost a retry, never an over-commit.
         for cached in sorted(self._known_hosts(), reverse=True,
                              key=lambda host: (host.free()["memory_mb"], host.name)):
+            if self.served is not None and not self.served(cached.name):
+                unserved += 1
+                continue
             fresh = find(self.repo, cached.id, Host)
             if fresh is None:
                 continue
             self._host_cache[fresh.name] = (time.monotonic(), fresh)
             if fresh.fits(*need):
                 return fresh
+        unserved_note = f" ({unserved} hosts with no serve running were not considered)"
         raise NoRoom(
             "No valid host was found. There are not enough hosts available "
             f"for {need[0]} vcpus, {need[1]} MB and {need[2]} GB."
+            + (unserved_note if unserved else "")
         )
 
     def _known_hosts(self) -> list[Host]:

@@ -85,6 +85,31 @@ def test_each_serve_performs_its_own_hosts_steps_and_hands_over(
     assert second.opened() == {"h2"}
 
 
+def test_placement_skips_a_host_no_serve_performs_steps_on(
+        harness_factory: Any, store_url: str, tmp_path: Path) -> None:
+    h = harness_factory(start=False)
+    h.add_host("h1")
+    h.add_host("big", memory_mb=65536)  # the freest host, but nobody serves it yet
+    first = Serve(store_url, tmp_path / "data", frozenset({"h1"}))
+    try:
+        h.ok("boot", "vm", "--host", "h1", "--vcpus", "1", "--memory-mb", "256",
+             "--disk-gb", "1", *WAIT)
+        h.ok("shelve", "vm", *WAIT)
+        h.ok("unshelve", "vm", *WAIT)
+        assert (h.show("vm")["vm_state"], h.show("vm")["host"]) == ("active", "h1")
+        big = Serve(store_url, tmp_path / "data", frozenset({"big"}))
+        try:
+            h.ok("shelve", "vm", *WAIT)
+            h.ok("unshelve", "vm", *WAIT)  # now served: the freest host wins again
+            shown = h.show("vm")
+            assert (shown["vm_state"], shown["host"]) == ("active", "big")
+            assert big.drivers.driver("big").power_state(shown["id"]) == "running"
+        finally:
+            big.close()
+    finally:
+        first.close()
+
+
 def test_a_serve_for_an_unknown_host_is_refused(harness_factory: Any) -> None:
     h = harness_factory(start=False)
     h.add_host("h1")

@@ -9,6 +9,9 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+from eventsourcing.persistence import OperationalError
+
 from adapters.sqlite_writer import WriterLock, local_writer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,4 +61,14 @@ def test_threads_take_turns_and_a_holder_may_enter_again(tmp_path: Path) -> None
 
 def test_postgresql_needs_no_writer_lock(tmp_path: Path) -> None:
     with local_writer("postgres", None):
+        pass
+
+
+def test_a_writer_gives_up_when_another_holds_the_lock_too_long(tmp_path: Path) -> None:
+    database = tmp_path / "shelf.db"
+    # Two locks on one file stand for two processes: each has its own open file.
+    with (WriterLock(database), pytest.raises(OperationalError, match="database is locked"),
+          WriterLock(database, wait=0.2)):
+        pass
+    with WriterLock(database, wait=0.2):  # free again, taken at once
         pass

@@ -10,8 +10,7 @@ held ids (an advisory lock, too, may be taken twice by one session). One file fo
 instance: a file per instance cost a file creation per new instance (a tenth of a drive's
 time) and left a file behind for every instance ever.
 
-`ServingLeases`: a `serve --host` holds one lease per host it owns for as long as it runs,
-so that placement can tell a host some serve performs steps on from one nobody does.
+`held_elsewhere` looks at a lease without taking it (adapters/serving.py asks it).
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import struct
 import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
 from adapters.eventstore import StoreURL
@@ -58,13 +57,22 @@ class InstanceLeases:
                 self._held.discard(instance_id)
 
     def held_elsewhere(self, key: uuid.UUID) -> bool:
-        """Whether another holder has the lease now (taken and let go again if not)."""
-        with self.hold(key) as held:
-            return not held
+        """Whether another holder (not this object) has the lease now. Looked at, not
+        taken: taking it to see would make it look free to the holder, and held to
+        another looking at the same moment."""
+        if self.store.backend == "postgres":
+            high, low = divmod(_pg_key(key) & ((1 << 64) - 1), 1 << 32)
+            with self._lock:
+                row = self._connection().execute(_PG_HELD, (high, low)).fetchone()
+            return bool(row and row[0])
+        answer = fcntl.fcntl(self._lease_file(), fcntl.F_OFD_GETLK,
+                             _flock(fcntl.F_WRLCK, _file_offset(key)))
+        kind: int = struct.unpack(_FLOCK, answer)[0]
+        return kind != fcntl.F_UNLCK
 
     @contextmanager
     def _pg_lease(self, instance_id: uuid.UUID) -> Iterator[bool]:
-        key = (instance_id.int >> 64) - (1 << 63)  # a signed 64-bit advisory lock key
+        key = _pg_key(instance_id)
         with self._lock:
             conn = self._connection()
             row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
@@ -73,13 +81,19 @@ class InstanceLeases:
             yield held
         finally:
             if held:
-                with self._lock:
+                # A session the server has dropped took its locks with it; the next use
+                # of the connection makes a new one.
+                with self._lock, suppress(_psycopg().Error):
                     if not conn.closed and not conn.broken:
                         conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._pg is None or self._pg.closed or self._pg.broken:
-            self._pg = _psycopg().connect(self.store.psycopg_conninfo(), autocommit=True)
+            # Bounded: a lost server must not stall serve's loop for TCP's 15 minutes.
+            self._pg = _psycopg().connect(
+                self.store.psycopg_conninfo(), autocommit=True, connect_timeout=10,
+                keepalives=1, keepalives_idle=30, keepalives_interval=10,
+                keepalives_count=3)
         return self._pg
 
     def lost_session(self) -> bool:
@@ -96,7 +110,7 @@ class InstanceLeases:
 
     @contextmanager
     def _file_lease(self, instance_id: uuid.UUID) -> Iterator[bool]:
-        offset = instance_id.int >> 66  # 62 bits: a byte offset a lock may name
+        offset = _file_offset(instance_id)
         fd = self._lease_file()
         try:
             fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_WRLCK, offset))
@@ -113,8 +127,8 @@ class InstanceLeases:
             if self._file is None:
                 assert self.store.sqlite_path is not None
                 # Not `.leases`: that was the directory of one file per instance before.
-                name = f".{self.store.sqlite_path.name}.lease-locks"
-                path = self.store.sqlite_path.parent / name
+                database = self.store.sqlite_path.resolve()  # one file however spelt
+                path = database.parent / f".{database.name}.lease-locks"
                 self._file = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
             return self._file
 
@@ -127,52 +141,25 @@ class InstanceLeases:
             self._file = None
 
 
-def serving_key(host: str) -> uuid.UUID:
-    """The lease a serve holds while it performs the steps on `host`."""
-    return uuid.uuid5(_SERVING, host)
+_FLOCK = "hhqqi4x"  # struct flock on Linux x86-64 and arm64: 32 bytes
+# An advisory lock on a bigint key shows in pg_locks as two 32-bit halves.
+_PG_HELD = (
+    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    " AND classid = %s::bigint::oid AND objid = %s::bigint::oid AND objsubid = 1)")
 
 
-_SERVING = uuid.UUID("5e1f5e4e-0000-4000-8000-000000000001")
+def _pg_key(lease: uuid.UUID) -> int:
+    return (lease.int >> 64) - (1 << 63)  # a signed 64-bit advisory lock key
 
 
-class ServingLeases:
-    """The leases of the hosts a `serve --host` owns, held until `close`. Each has an
-    `InstanceLeases` of its own (a PostgreSQL session, an open lease file), so that another
-    in this process asking `held_elsewhere` sees them held."""
-
-    def __init__(self, store: StoreURL, hosts: frozenset[str]) -> None:
-        self._leases = InstanceLeases(store)
-        self._hosts = hosts
-        self._holding: dict[str, ExitStack] = {}
-
-    def refresh(self) -> list[str]:
-        """Take every owned host's lease not held yet (at start, and again after the
-        database connection was lost with them); return the hosts another serve holds."""
-        if self._leases.lost_session():  # they ended with it
-            self.release_all()
-        elsewhere = []
-        for host in sorted(self._hosts - set(self._holding)):
-            stack = ExitStack()
-            if stack.enter_context(self._leases.hold(serving_key(host))):
-                self._holding[host] = stack
-            else:
-                stack.close()
-                elsewhere.append(host)
-        return elsewhere
-
-    def release_all(self) -> None:
-        for stack in self._holding.values():
-            stack.close()
-        self._holding.clear()
-
-    def close(self) -> None:
-        self.release_all()
-        self._leases.close()
+def _file_offset(lease: uuid.UUID) -> int:
+    return lease.int >> 66  # 62 bits: a byte offset a lock may name
 
 
 def _flock(kind: int, offset: int) -> bytes:
     """A `struct flock` for one byte at `offset` (l_pid 0, as OFD locks require)."""
-    return struct.pack("hhqqi4x", kind, os.SEEK_SET, offset, 1, 0)
+    return struct.pack(_FLOCK, kind, os.SEEK_SET, offset, 1, 0)
 
 
 def _psycopg() -> Any:

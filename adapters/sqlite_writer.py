@@ -39,11 +39,12 @@ class WriterLock:
         self._fd: int | None = None
 
     def __enter__(self) -> WriterLock:
+        deadline = time.monotonic() + self._wait  # one wait for both locks
         if not self._threads.acquire(timeout=self._wait):
             raise OperationalError(f"database is locked: no turn to write in {self._wait} s")
         try:
             if self._depth == 0:
-                self._lock_file(time.monotonic() + self._wait)
+                self._lock_file(deadline)
             self._depth += 1
         except BaseException:
             self._threads.release()
@@ -59,8 +60,8 @@ class WriterLock:
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise OperationalError(
-                        f"database is locked: another process has been writing for "
-                        f"{self._wait} s") from None
+                        f"database is locked: no turn to write in {self._wait} s, another "
+                        "process is writing") from None
             time.sleep(pause)
             pause = min(pause * 2, RETRY_MOST)
 

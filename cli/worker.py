@@ -19,7 +19,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import structlog
 from eventsourcing.persistence import Notification
 
-from adapters.leases import InstanceLeases, ServingLeases, serving_key
+from adapters.leases import InstanceLeases
+from adapters.serving import ServingLeases, projections_key, serving_key
 from cli.bootstrap import Context
 from domain.process_manager import Failpoints, ProcessManager, Settings
 
@@ -41,10 +42,6 @@ PROJECTIONS_SECONDS = 0.5
 # thread writing a group commit gives it up for every database call and must get it back
 # each time; behind busy drive threads that wait is what made a 0.4 ms commit take 2 ms.
 SWITCH_INTERVAL = 0.0005
-# Held (by lease, as an instance is) while a serve writes the projections: with several
-# serves on one store, one that finds another writing them skips its turn, rather than
-# fold the same events only to find the other has written them first.
-PROJECTIONS_LEASE = uuid.UUID("5e1f0000-0000-4000-8000-00000000c0de")
 
 
 class Worker:
@@ -55,7 +52,8 @@ class Worker:
         self.ctx = ctx
         self.settings = settings
         self.leases = InstanceLeases(ctx.store)
-        self.serving = ServingLeases(ctx.store, settings.hosts) if settings.hosts else None
+        self.serving = ServingLeases(ctx.store, settings.hosts)
+        # A serve of every host performs any host's steps itself: it asks nobody.
         self.pm: ProcessManager = ctx.process_manager(
             settings, failpoints, served=self.is_served if settings.hosts else None)
         self.log = structlog.get_logger("shelf.serve")
@@ -93,17 +91,19 @@ class Worker:
         self.submit(uuid.UUID(row["id"]) for row in in_flight)
 
     def hold_serving_leases(self) -> None:
-        """`serve --host`: say which hosts this serve performs the steps on, for as long
-        as it runs (taken again should the database session end)."""
-        if self.serving is not None:
-            for host in self.serving.refresh():
-                self.log.warning("serve.host_served_elsewhere", host=host)
+        """Say which hosts this serve performs the steps on, for as long as it runs (taken
+        again should the database session end)."""
+        for host in self.serving.refresh():
+            self.log.warning("serve.host_served_elsewhere", host=host)
 
     def is_served(self, host: str) -> bool:
-        """Whether some serve performs the steps on `host`: this one, or one holding its
-        serving lease."""
-        owned = self.settings.hosts
-        return owned is None or host in owned or self.leases.held_elsewhere(serving_key(host))
+        """`serve --host`: whether some serve performs the steps on `host`: this one, one
+        of every host, or one of that host."""
+        if host in (self.settings.hosts or ()):
+            return True
+        store = self.ctx.store
+        return (self.leases.held_elsewhere(serving_key(store, None))
+                or self.leases.held_elsewhere(serving_key(store, host)))
 
     # ---- one pass ---------------------------------------------------------------------
 
@@ -239,7 +239,9 @@ class Worker:
     def catch_up_projections(self, idle: bool) -> None:
         now = time.monotonic()
         if idle or now - self.last_projection >= PROJECTIONS_SECONDS:
-            with self.leases.hold(PROJECTIONS_LEASE) as held:
+            # One serve at a time: another finding it taken skips its turn, rather than
+            # fold the same events only to find the first has written them already.
+            with self.leases.hold(projections_key(self.ctx.store)) as held:
                 if held:
                     self.ctx.projector.catch_up()
             self.last_projection = now
@@ -258,8 +260,7 @@ class Worker:
     def shutdown(self) -> None:
         self.pool.shutdown(wait=True)
         self.leases.close()
-        if self.serving is not None:
-            self.serving.close()
+        self.serving.close()
         commits = self.ctx.repo.commits
         self.log.info("serve.stopped", transactions=commits.transactions, saves=commits.saves,
                       split=commits.split)

@@ -363,26 +363,30 @@ class ProcessManager:
                 raise NoRoom(f"No valid host was found: no host named {instance.target_host}")
             return host
         need = (instance.vcpus, instance.memory_mb, instance.disk_gb)
-        unserved = 0
+        unserved: Host | None = None  # the best host that fits but that no serve performs
         # Rank by what this worker last saw of each host (as Nova's scheduler ranks from its
         # cache), then load only the best candidate afresh: the claim is checked and saved
         # against that fresh copy, so a stale ranking can cost a retry, never an over-commit.
         for cached in sorted(self._known_hosts(), reverse=True,
                              key=lambda host: (host.free()["memory_mb"], host.name)):
-            if self.served is not None and not self.served(cached.name):
-                unserved += 1
+            served = self.served is None or self.served(cached.name)
+            if not served and unserved is not None:
                 continue
             fresh = find(self.repo, cached.id, Host)
             if fresh is None:
                 continue
             self._host_cache[fresh.name] = (time.monotonic(), fresh)
             if fresh.fits(*need):
-                return fresh
-        unserved_note = f" ({unserved} hosts with no serve running were not considered)"
+                if served:
+                    return fresh
+                unserved = fresh
+        if unserved is not None:
+            # Rather than fail the request: its serve may be restarting, or about to start.
+            # The claim waits there until it performs the steps.
+            return unserved
         raise NoRoom(
             "No valid host was found. There are not enough hosts available "
             f"for {need[0]} vcpus, {need[1]} MB and {need[2]} GB."
-            + (unserved_note if unserved else "")
         )
 
     def _known_hosts(self) -> list[Host]:

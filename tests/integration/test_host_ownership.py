@@ -20,9 +20,10 @@ import pytest
 from adapters.eventstore import parse_store_url
 from adapters.leases import InstanceLeases
 from adapters.libvirt_host import LibvirtHosts
+from adapters.serving import ServingLeases, projections_key
 from cli import worker as worker_module
 from cli.bootstrap import Context
-from cli.worker import PROJECTIONS_LEASE, Worker
+from cli.worker import Worker
 from domain.process_manager import Settings
 from domain.service import new_request_id
 from tests.conftest import Harness, node_xml
@@ -98,7 +99,18 @@ def test_placement_skips_a_host_no_serve_performs_steps_on(
         h.ok("unshelve", "vm", *WAIT)
         assert (h.show("vm")["vm_state"], h.show("vm")["host"]) == ("active", "h1")
         big = Serve(store_url, tmp_path / "data", frozenset({"big"}))
+        h.ok("boot", "large", "--host", "big", "--vcpus", "1", "--memory-mb", "16384",
+             "--disk-gb", "1", *WAIT)
+        h.ok("shelve", "large", *WAIT)
+        big.close()
+        # Only the unserved host fits: claimed there rather than refused, and it waits.
+        h.ok("unshelve", "large")
+        big = Serve(store_url, tmp_path / "data", frozenset({"big"}))
         try:
+            deadline = time.monotonic() + 60
+            while h.show("large")["vm_state"] != "active" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert (h.show("large")["vm_state"], h.show("large")["host"]) == ("active", "big")
             h.ok("shelve", "vm", *WAIT)
             h.ok("unshelve", "vm", *WAIT)  # now served: the freest host wins again
             shown = h.show("vm")
@@ -108,6 +120,28 @@ def test_placement_skips_a_host_no_serve_performs_steps_on(
             big.close()
     finally:
         first.close()
+
+
+def test_a_serve_of_every_host_serves_them_all_for_placement(
+        harness_factory: Any, store_url: str) -> None:
+    h = harness_factory(start=False)
+    h.add_host("h1")
+    h.add_host("h2")
+    per_host = Worker(Context(store_url, "shelf", h.tmp / "data"),
+                      Settings(hosts=frozenset({"h1"})))
+    try:
+        per_host.hold_serving_leases()
+        assert per_host.is_served("h1") and not per_host.is_served("h2")
+        every = ServingLeases(parse_store_url(store_url), None)  # a serve without --host
+        try:
+            assert every.refresh() == []
+            assert per_host.is_served("h2")
+        finally:
+            every.close()
+        assert not per_host.is_served("h2")
+    finally:
+        per_host.shutdown()
+        per_host.ctx.close()
 
 
 def test_a_serve_for_an_unknown_host_is_refused(harness_factory: Any) -> None:
@@ -152,7 +186,7 @@ def test_a_serve_leaves_the_projections_to_one_writing_them(
     other = InstanceLeases(parse_store_url(store_url))  # another serve, writing them now
     try:
         behind = ctx.projector.position()
-        with other.hold(PROJECTIONS_LEASE):
+        with other.hold(projections_key(ctx.store)):
             worker.catch_up_projections(idle=True)
             assert ctx.projector.position() == behind
         worker.catch_up_projections(idle=True)

@@ -67,3 +67,35 @@ def test_two_workers_finish_every_shelve_once(
     assert len(h.images()) == len(names)
     hosts.close()
     lookup.close()
+
+
+def test_looking_at_a_lease_neither_takes_it_nor_misreads_it(store_url: str) -> None:
+    """`held_elsewhere` from several threads at once: a free lease always reads free, a
+    held one always held, and its holder can take it meanwhile (it is never taken to
+    look)."""
+    store = parse_store_url(store_url)
+    looker, holder = InstanceLeases(store), InstanceLeases(store)
+    free, held = uuid.uuid4(), uuid.uuid4()
+    answers: list[tuple[bool, bool]] = []
+
+    def look() -> None:
+        for _ in range(200):
+            answers.append((looker.held_elsewhere(free), looker.held_elsewhere(held)))
+
+    try:
+        with holder.hold(held) as taken:
+            assert taken
+            threads = [threading.Thread(target=look) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            for _ in range(100):
+                with holder.hold(free) as also:  # never refused for being looked at
+                    assert also
+            for thread in threads:
+                thread.join()
+        assert answers and set(answers) <= {(False, True), (True, True)}
+        assert answers.count((False, True)) > 0
+        assert not looker.held_elsewhere(held)  # let go: free again
+    finally:
+        looker.close()
+        holder.close()

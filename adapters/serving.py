@@ -1,0 +1,66 @@
+"""Which hosts some `serve` performs the steps on: each `serve` holds a lease for as long as
+it runs, one per host it owns (`serve --host`), or one for every host (no `--host`).
+Placement asks whether a host's lease, or the every-host lease, is held, as Nova's
+scheduler asks whether a host's compute service is up (adapters/leases.py holds them)."""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import ExitStack
+
+from adapters.eventstore import StoreURL
+from adapters.leases import InstanceLeases
+
+_NAMESPACE = uuid.UUID("5e1f5e4e-0000-4000-8000-000000000001")
+
+
+def serving_key(store: StoreURL, host: str | None) -> uuid.UUID:
+    """The lease a serve holds while it performs the steps on `host` (None: on every
+    host). Per store: PostgreSQL's advisory locks are shared by a database's schemas."""
+    return uuid.uuid5(_NAMESPACE, f"serving/{store.pg_schema or ''}/{host or '*'}")
+
+
+def projections_key(store: StoreURL) -> uuid.UUID:
+    """The lease a serve holds while it writes the projections."""
+    return uuid.uuid5(_NAMESPACE, f"projections/{store.pg_schema or ''}")
+
+
+class ServingLeases:
+    """A serve's serving leases, held until `close`, through an `InstanceLeases` of their
+    own (a PostgreSQL session, an open lease file), so that another in this process
+    asking `held_elsewhere` sees them held too."""
+
+    def __init__(self, store: StoreURL, hosts: frozenset[str] | None) -> None:
+        self._store = store
+        self._leases = InstanceLeases(store)
+        self._hosts: frozenset[str | None] = frozenset(hosts) if hosts else frozenset({None})
+        self._holding: dict[str | None, ExitStack] = {}
+
+    def refresh(self) -> list[str]:
+        """Take every lease not held yet (at start, and again after the database session
+        was lost with them); return the owned hosts another serve holds too."""
+        if self._leases.lost_session():  # they ended with it
+            self.release_all()
+        elsewhere = []
+        for host in self._hosts - set(self._holding):
+            stack = ExitStack()
+            if stack.enter_context(self._leases.hold(serving_key(self._store, host))):
+                self._holding[host] = stack
+            else:
+                stack.close()
+                if host is not None:  # two serves of every host are a normal set-up
+                    elsewhere.append(host)
+        return sorted(elsewhere)
+
+    def release_all(self) -> None:
+        try:
+            for stack in self._holding.values():
+                stack.close()
+        finally:
+            self._holding.clear()
+
+    def close(self) -> None:
+        try:
+            self.release_all()
+        finally:
+            self._leases.close()

@@ -61,7 +61,7 @@ class Worker:
         self.running: dict[uuid.UUID, Future[None]] = {}
         self.again: set[uuid.UUID] = set()  # touched again while being driven
         # held by another serve: (when to try again, the wait after that)
-        self.held_elsewhere: dict[uuid.UUID, tuple[float, float]] = {}
+        self.held_retries: dict[uuid.UUID, tuple[float, float]] = {}
         self.lock = threading.Lock()
         self.position = 0
         self.last_timer_check = 0.0
@@ -173,16 +173,16 @@ class Worker:
     def retry_held_elsewhere(self) -> None:
         now = time.monotonic()
         with self.lock:
-            due = [key for key, (when, _) in self.held_elsewhere.items() if when <= now]
+            due = [key for key, (when, _) in self.held_retries.items() if when <= now]
         self.submit(due)
 
     def _note_held(self, instance_id: uuid.UUID, held: bool) -> None:
         with self.lock:
             if held:
-                self.held_elsewhere.pop(instance_id, None)
+                self.held_retries.pop(instance_id, None)
                 return
-            wait = self.held_elsewhere.get(instance_id, (0.0, HELD_RETRY_START))[1]
-            self.held_elsewhere[instance_id] = (
+            wait = self.held_retries.get(instance_id, (0.0, HELD_RETRY_START))[1]
+            self.held_retries[instance_id] = (
                 time.monotonic() + wait, min(wait * 2, SWEEP_SECONDS))
 
     def _drive(self, instance_id: uuid.UUID) -> None:

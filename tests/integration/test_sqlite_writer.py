@@ -59,11 +59,6 @@ def test_threads_take_turns_and_a_holder_may_enter_again(tmp_path: Path) -> None
     assert inside in (["a in", "a out", "b in", "b out"], ["b in", "b out", "a in", "a out"])
 
 
-def test_postgresql_needs_no_writer_lock(tmp_path: Path) -> None:
-    with local_writer("postgres", None):
-        pass
-
-
 def test_a_writer_gives_up_when_another_holds_the_lock_too_long(tmp_path: Path) -> None:
     database = tmp_path / "shelf.db"
     # Two locks on one file stand for two processes: each has its own open file.

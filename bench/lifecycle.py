@@ -1,6 +1,7 @@
 """Lifecycle throughput: N instances booted on H test-driver hosts, shelved (offload at
-once) and unshelved, through the service's recorded requests and `serve`'s worker and
-process manager; then the same libvirt calls in a bare loop with no event sourcing.
+once) and unshelved, through the service's recorded requests and real `shelf serve`
+processes (`--workers`, each owning its share of the hosts); then the same libvirt calls
+in a bare loop with no event sourcing.
 Prints cycles/s and events/s of each and `ratio = shelf_rate / bare_rate` last.
 
     python -m bench.lifecycle --store postgres --instances 1000 --hosts 20

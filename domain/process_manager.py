@@ -4,6 +4,12 @@ A step is: read the aggregate, ask the hypervisor for its real state, act only i
 needed (every HostDriver method is idempotent), record the result as the next event.
 A crash between the act and the record is repaired by doing the step again. Optimistic
 concurrency on the aggregate means two workers can never both record one step.
+
+Quick steps are recorded together: a drive commits a step's event before the next step
+only if that step is on a host whose steps take time, or needs the record to be durable
+(a claim, a deletion), or the events have waited RECORD_WITHIN_SECONDS; else in one
+transaction with the next steps', at the latest when the drive stops. A crash then
+repeats those few steps, as it repeats one today: each is idempotent.
 """
 
 from __future__ import annotations
@@ -28,6 +34,17 @@ from domain.registry import AddressBlock, NameIndex, address_block_id, block_of,
 from domain.service import RecordConflict, Repository, find
 
 MAX_STEPS_PER_DRIVE = 64
+# Recording quick steps together (see above). A step is quick on a host whose last steps
+# averaged under QUICK_STEP_SECONDS (libvirt's test driver, a domain already off): a real
+# power-off or snapshot takes seconds, and is recorded before the next step starts, so
+# `show` follows it step by step.
+QUICK_STEP_SECONDS = 0.01
+RECORD_WITHIN_SECONDS = 0.05
+STEP_TIME_WEIGHT = 0.2  # of the newest step in a host's moving average
+# Steps whose effect a repeat of an earlier step could not survive, or that others must
+# see: a claim reserves room before spawning on it; deleting the image (or volume) leaves
+# a repeated spawn nothing to spawn from. What comes before is committed first.
+RECORDED_BEFORE = frozenset({plans.CLAIM, plans.DELETE_IMAGE, plans.DELETE_VOLUME})
 HOST_VIEW_SECONDS = 5.0  # how stale a host may look when ranking (a claim always reloads it)
 CLAIM_ATTEMPTS = 10
 # How many instances' last recorded versions `recorded_here` keeps. Forgetting one costs
@@ -97,7 +114,10 @@ class ProcessManager:
         self.settings = settings or Settings()
         self.failpoints = failpoints or NoFailpoints()
         self.clock = clock
-        self._saved_last: dict[uuid.UUID, Instance] = {}  # per instance, see drive()
+        self._latest: dict[uuid.UUID, Instance] = {}  # per instance, see drive()
+        # Instances whose object holds events not yet recorded: since when (monotonic).
+        self._unrecorded: dict[uuid.UUID, float] = {}
+        self._step_seconds: dict[str, float] = {}  # per host, a moving average
         self._recorded: dict[uuid.UUID, int] = {}  # the version this process last saved
         # name -> (when seen, host): for ranking only, see _choose_host()
         self._host_cache: dict[str, tuple[float, Host]] = {}
@@ -116,29 +136,68 @@ class ProcessManager:
     # ---- driving ----------------------------------------------------------------------
 
     def drive(self, instance_id: uuid.UUID) -> None:
-        """Perform steps until the instance is idle (or another worker holds it)."""
+        """Perform steps until the instance is idle (or another worker holds it), and
+        record whatever they left unrecorded."""
+        try:
+            instance = self._perform_steps(instance_id)
+        except BaseException:  # what it held unrecorded is lost: done again next drive
+            self._unrecorded.pop(instance_id, None)
+            self._latest.pop(instance_id, None)
+            raise
+        if instance is not None:
+            self._record_unrecorded(instance)
+
+    def _perform_steps(self, instance_id: uuid.UUID) -> Instance | None:
+        """The steps of one drive; returns the object it went on with, which may hold
+        the events of its last quick steps, not yet recorded."""
         instance: Instance | None = None
         for _ in range(MAX_STEPS_PER_DRIVE):
             if instance is None:
                 instance = find(self.repo, instance_id, Instance)
                 if instance is None:
-                    return
+                    return None
             step = instance.next_step()
             if step is None:
                 if not self.offload_if_due(instance):
-                    return
-                instance = self._saved_last.pop(instance_id, None)
+                    return instance
+                instance = self._latest.pop(instance_id, None)
                 continue
             if not self.performs_here(instance, step):
-                return  # the serve that owns that host takes it from here (cli/worker.py)
-            self._saved_last.pop(instance_id, None)  # only what this step saves counts
+                return instance  # the serve that owns that host takes it from here (cli/worker.py)
+            if self._records_before(instance, step) and not self._record_unrecorded(instance):
+                instance = None  # another writer moved it on: reload, repeat what was lost
+                continue
+            self._latest.pop(instance_id, None)  # only what this step leaves counts
             try:
                 self.perform(instance, step)
             except RecordConflict:
                 self.log.info("step.lost_race", instance_id=str(instance_id), step=step)
-            # Go on with the object this step saved, if it saved one (a failed step saves a
-            # reloaded copy, a claim that lost a race a fresh one): it is the stored state.
-            instance = self._saved_last.pop(instance_id, None)
+            # Go on with the object this step left, if it left one (a failed step saves a
+            # reloaded copy, a claim that lost a race a fresh one): it is the latest state.
+            instance = self._latest.pop(instance_id, None)
+        return instance
+
+    def _records_before(self, instance: Instance, step: str) -> bool:
+        """Whether the events the drive holds unrecorded are committed before `step`."""
+        since = self._unrecorded.get(instance.id)
+        if since is None:
+            return False
+        host = acting_host(instance, step)
+        return (step in RECORDED_BEFORE
+                or self._step_seconds.get(host or "", 0.0) >= QUICK_STEP_SECONDS
+                or time.monotonic() - since >= RECORD_WITHIN_SECONDS)
+
+    def _record_unrecorded(self, instance: Instance) -> bool:
+        """Commit the events `instance` holds; False if another writer moved it on first
+        (the events are lost, and their steps are done again from the stored state)."""
+        if instance.id not in self._unrecorded:
+            return True
+        try:
+            self._save(instance)
+        except RecordConflict:
+            self.log.info("step.lost_race", instance_id=str(instance.id), step="record")
+            return False
+        return True
 
     def recorded_here(self, instance_id: uuid.UUID, version: int) -> bool:
         """Whether this process recorded that version of the instance itself: its drive
@@ -165,14 +224,24 @@ class ProcessManager:
             self.finish(instance)
             log.info("action.finished", vm_state=instance.vm_state)
             return
+        host, started = acting_host(instance, step), time.monotonic()
         try:
             self.failpoints.hit(f"before:{step}")
             self.steps[step](instance)
         except (HypervisorError, NoRoom) as error:
             log.warning("step.failed", error=str(error))
+            self._record_unrecorded(instance)  # the steps before it did succeed
             self.record_failure(instance, step, error)
             return
+        self.note_step_seconds(host, time.monotonic() - started)
         log.info("step.done")
+
+    def note_step_seconds(self, host: str | None, seconds: float) -> None:
+        """How long a step on `host` took: a moving average decides whether the next
+        steps there are quick (see _records_before)."""
+        if host is not None:
+            average = self._step_seconds.get(host, seconds)
+            self._step_seconds[host] = average + STEP_TIME_WEIGHT * (seconds - average)
 
     def record_failure(self, failed: Instance, step: str, error: Exception) -> None:
         # Reload: the failed attempt may have mutated the object without saving it.
@@ -212,14 +281,24 @@ class ProcessManager:
         self.failpoints.hit(f"after:{plans.next_step(instance)}")
         method(user=instance.user or SERVICE_USER, request_id=instance.request_id or "",
                **fields)
-        self._save(instance)
+        self._keep_unrecorded(instance)
+
+    def _keep_unrecorded(self, instance: Instance) -> None:
+        """The drive goes on with `instance`; its new events are recorded with a later
+        step's, or when the drive stops (see drive())."""
+        self._latest[instance.id] = instance
+        self._unrecorded.setdefault(instance.id, time.monotonic())
 
     def _save(self, *aggregates: Any) -> None:
         """Save in one transaction; remember the objects that are now the stored state."""
-        self.repo.save(*aggregates)
+        try:
+            self.repo.save(*aggregates)
+        finally:  # saved or not, the objects hold no unrecorded events any more
+            for aggregate in aggregates:
+                self._unrecorded.pop(aggregate.id, None)
         for aggregate in aggregates:
             if isinstance(aggregate, Instance):
-                self._saved_last[aggregate.id] = aggregate
+                self._latest[aggregate.id] = aggregate
                 if len(self._recorded) >= RECORDED_KEPT:  # left by drives whose last
                     self._recorded.clear()  # event was never asked about: forget them all
                 self._recorded[aggregate.id] = aggregate.version
@@ -470,7 +549,7 @@ class ProcessManager:
             # Offload at once, in the same transaction: nobody ever sees it idle in between.
             instance.request_shelve_offload(user, request_id, action="shelve")
         if plan != "delete":
-            self._save(instance)
+            self._keep_unrecorded(instance)
             return
         # The name and the address are free again, in the same transaction as `Deleted`.
         index = find(self.repo, name_index_id(instance.name), NameIndex)

@@ -5,11 +5,12 @@ needed (every HostDriver method is idempotent), record the result as the next ev
 A crash between the act and the record is repaired by doing the step again. Optimistic
 concurrency on the aggregate means two workers can never both record one step.
 
-Quick steps are recorded together: a drive commits a step's event before the next step
-only if that step is on a host whose steps take time, or needs the record to be durable
-(a claim, a deletion), or the events have waited RECORD_WITHIN_SECONDS; else in one
-transaction with the next steps', at the latest when the drive stops. A crash then
-repeats those few steps, as it repeats one today: each is idempotent.
+Quick steps are recorded together. A drive commits the events it holds before the next
+step starts unless that step has been quick on its host so far; and always before a step
+that needs them durable (a claim, a deletion), or once they have waited
+RECORD_WITHIN_SECONDS. Else they go in one transaction with the next steps' events, at
+the latest when the drive stops. A crash then repeats those few quick steps, as it
+repeats one: each is idempotent.
 """
 
 from __future__ import annotations
@@ -34,13 +35,15 @@ from domain.registry import AddressBlock, NameIndex, address_block_id, block_of,
 from domain.service import RecordConflict, Repository, find
 
 MAX_STEPS_PER_DRIVE = 64
-# Recording quick steps together (see above). A step is quick on a host whose last steps
-# averaged under QUICK_STEP_SECONDS (libvirt's test driver, a domain already off): a real
-# power-off or snapshot takes seconds, and is recorded before the next step starts, so
-# `show` follows it step by step.
+# Recording quick steps together (see above). A step is quick on a host if it has taken
+# under QUICK_STEP_SECONDS there (libvirt's test driver; a network update): a real
+# power-off or snapshot takes seconds, so what came before is recorded when it starts,
+# and `show` follows it step by step. A step never timed on a host counts as slow. The
+# time taken is a moving average that rises at once and falls slowly, so one slow run of
+# a step marks it slow for the next several.
 QUICK_STEP_SECONDS = 0.01
 RECORD_WITHIN_SECONDS = 0.05
-STEP_TIME_WEIGHT = 0.2  # of the newest step in a host's moving average
+STEP_TIME_WEIGHT = 0.2  # of a quicker run in the moving average
 # Steps whose effect a repeat of an earlier step could not survive, or that others must
 # see: a claim reserves room before spawning on it; deleting the image (or volume) leaves
 # a repeated spawn nothing to spawn from. What comes before is committed first.
@@ -117,7 +120,8 @@ class ProcessManager:
         self._latest: dict[uuid.UUID, Instance] = {}  # per instance, see drive()
         # Instances whose object holds events not yet recorded: since when (monotonic).
         self._unrecorded: dict[uuid.UUID, float] = {}
-        self._step_seconds: dict[str, float] = {}  # per host, a moving average
+        # (host or None, step) -> seconds, a moving average: see QUICK_STEP_SECONDS.
+        self._step_seconds: dict[tuple[str | None, str], float] = {}
         self._recorded: dict[uuid.UUID, int] = {}  # the version this process last saved
         # name -> (when seen, host): for ranking only, see _choose_host()
         self._host_cache: dict[str, tuple[float, Host]] = {}
@@ -145,7 +149,7 @@ class ProcessManager:
             self._latest.pop(instance_id, None)
             raise
         if instance is not None:
-            self._record_unrecorded(instance)
+            self.record_unrecorded(instance)
 
     def _perform_steps(self, instance_id: uuid.UUID) -> Instance | None:
         """The steps of one drive; returns the object it went on with, which may hold
@@ -164,7 +168,7 @@ class ProcessManager:
                 continue
             if not self.performs_here(instance, step):
                 return instance  # the serve that owns that host takes it from here (cli/worker.py)
-            if self._records_before(instance, step) and not self._record_unrecorded(instance):
+            if self._records_before(instance, step) and not self.record_unrecorded(instance):
                 instance = None  # another writer moved it on: reload, repeat what was lost
                 continue
             self._latest.pop(instance_id, None)  # only what this step leaves counts
@@ -182,14 +186,15 @@ class ProcessManager:
         since = self._unrecorded.get(instance.id)
         if since is None:
             return False
-        host = acting_host(instance, step)
+        seconds = self._step_seconds.get((acting_host(instance, step), step))
         return (step in RECORDED_BEFORE
-                or self._step_seconds.get(host or "", 0.0) >= QUICK_STEP_SECONDS
+                or seconds is None or seconds >= QUICK_STEP_SECONDS
                 or time.monotonic() - since >= RECORD_WITHIN_SECONDS)
 
-    def _record_unrecorded(self, instance: Instance) -> bool:
+    def record_unrecorded(self, instance: Instance) -> bool:
         """Commit the events `instance` holds; False if another writer moved it on first
-        (the events are lost, and their steps are done again from the stored state)."""
+        (the events are lost, and their steps are done again from the stored state). The
+        caller goes on with `instance` itself, or reloads."""
         if instance.id not in self._unrecorded:
             return True
         try:
@@ -197,6 +202,8 @@ class ProcessManager:
         except RecordConflict:
             self.log.info("step.lost_race", instance_id=str(instance.id), step="record")
             return False
+        finally:
+            self._latest.pop(instance.id, None)
         return True
 
     def recorded_here(self, instance_id: uuid.UUID, version: int) -> bool:
@@ -220,28 +227,30 @@ class ProcessManager:
             plan=instance.plan,
         )
         log.debug("step.start")
+        host, started = acting_host(instance, step), time.monotonic()
         if step == plans.FINISH:
             self.finish(instance)
+            self.note_step_seconds(host, step, time.monotonic() - started)
             log.info("action.finished", vm_state=instance.vm_state)
             return
-        host, started = acting_host(instance, step), time.monotonic()
         try:
             self.failpoints.hit(f"before:{step}")
             self.steps[step](instance)
         except (HypervisorError, NoRoom) as error:
             log.warning("step.failed", error=str(error))
-            self._record_unrecorded(instance)  # the steps before it did succeed
+            self.record_unrecorded(instance)  # the steps before it did succeed
             self.record_failure(instance, step, error)
             return
-        self.note_step_seconds(host, time.monotonic() - started)
+        self.note_step_seconds(host, step, time.monotonic() - started)
         log.info("step.done")
 
-    def note_step_seconds(self, host: str | None, seconds: float) -> None:
-        """How long a step on `host` took: a moving average decides whether the next
-        steps there are quick (see _records_before)."""
-        if host is not None:
-            average = self._step_seconds.get(host, seconds)
-            self._step_seconds[host] = average + STEP_TIME_WEIGHT * (seconds - average)
+    def note_step_seconds(self, host: str | None, step: str, seconds: float) -> None:
+        """How long `step` took on `host` (None: a step that only records): whether the
+        events before it wait for it next time (see QUICK_STEP_SECONDS)."""
+        average = self._step_seconds.get((host, step), seconds)
+        if seconds < average:
+            seconds = average + STEP_TIME_WEIGHT * (seconds - average)
+        self._step_seconds[(host, step)] = seconds
 
     def record_failure(self, failed: Instance, step: str, error: Exception) -> None:
         # Reload: the failed attempt may have mutated the object without saving it.

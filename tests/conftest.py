@@ -89,6 +89,7 @@ class Harness:
     tmp: Path
     settings: Settings = field(default_factory=lambda: Settings(shutdown_timeout=2))
     worker_ctx: Context | None = None
+    worker: Worker | None = None
     shared_hosts: Any = None  # keep the test driver's state across a worker restart
     failpoints: str = ""
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -113,7 +114,8 @@ class Harness:
     def start_worker(self) -> None:
         self.worker_ctx = Context(self.store, "shelf", self.tmp / "data",
                                   hosts=self.shared_hosts)
-        worker = Worker(self.worker_ctx, self.settings, EnvFailpoints(self.failpoints))
+        worker = self.worker = Worker(self.worker_ctx, self.settings,
+                                      EnvFailpoints(self.failpoints))
         self._thread = threading.Thread(target=worker.run, args=(self._stop,), daemon=True)
         self._thread.start()
 

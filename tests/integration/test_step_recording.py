@@ -1,100 +1,94 @@
-"""How a drive commits its steps' events (both stores): quick steps together, a step on a
-host whose steps take time before the next one there starts; every step's event either
-way."""
+"""How a drive commits its steps' events (both stores): quick steps together, a step that
+takes time only after what came before it is committed; every step's event either way."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
 import pytest
 
-from adapters.failpoints import EnvFailpoints
-from cli.bootstrap import Context
-from cli.worker import Worker
-from domain.process_manager import Settings
-from domain.service import new_request_id
-from projections.queries import history
-from tests.conftest import node_xml
+from domain import process_manager
+from tests.conftest import Harness
 
 SHELVE_EVENTS = ["ShelveRequested", "PoweredOff", "Snapshotted", "Shelved",
                  "ShelveOffloadRequested", "PoweredOff", "NetworkCleaned", "Destroyed",
                  "ClaimReleased", "ShelveOffloaded"]
+WAIT = ("--wait", "--timeout", "60")
 
 
-class Shelving:
-    """vm1 booted on h1 by a worker of this process; then shelved (offload at once)."""
-
-    def __init__(self, store_url: str, tmp_path: Path, failpoints: str = "") -> None:
-        self.ctx = Context(store_url, "shelf", tmp_path / "data")
-        self.failpoints = failpoints
-        self.slow_hosts: list[str] = []  # hosts whose steps took seconds, said to the worker
-        uri = f"test://{node_xml(tmp_path / 'h1.xml')}"
-        self.ctx.service.add_host("h1", uri, 8, 8192, 100, "tester", new_request_id())
-        self.instance_id = str(self.ctx.service.boot(
-            name="vm1", host="h1", vcpus=1, memory_mb=512, disk_gb=1, image_id=None,
-            volume_backed=False, user="tester", request_id=new_request_id()).id)
-        self.run_worker()
-
-    def run_worker(self) -> None:
-        """A worker until idle (it stops its pool then), on this context's connections."""
-        worker = Worker(self.ctx, Settings(shutdown_timeout=1),
-                        EnvFailpoints(self.failpoints), threads=1)
-        for host in self.slow_hosts:
-            worker.pm.note_step_seconds(host, 2.0)
-        worker.run(threading.Event(), once=True)
-
-    def shelve(self) -> tuple[int, list[str]]:
-        """The transactions the worker wrote for the shelve, and its events as `history`
-        lists them."""
-        request_id = new_request_id()
-        self.ctx.service.request("shelve", self.instance_id, "tester", request_id)
-        before = self.ctx.repo.commits.transactions
-        self.run_worker()
-        written = self.ctx.repo.commits.transactions - before
-        self.ctx.projector.catch_up()
-        return written, [row["event"] for row in history(self.ctx.db, self.instance_id)
-                         if row["request_id"] == request_id]
-
-    def close(self) -> None:
-        self.ctx.close()
+def booted(harness_factory: Any, failpoints: str = "") -> Harness:
+    """vm1 active on h1, with `serve`'s worker running in this process."""
+    h: Harness = harness_factory(start=False)
+    h.failpoints = failpoints
+    h.start_worker()
+    h.add_host("h1")
+    h.ok("boot", "vm1", "--host", "h1", "--vcpus", "1", "--memory-mb", "512",
+         "--disk-gb", "1", *WAIT)
+    return h
 
 
-@pytest.fixture
-def shelving(request: pytest.FixtureRequest, store_url: str, tmp_path: Path
-             ) -> Iterator[Shelving]:
-    lab = Shelving(store_url, tmp_path, getattr(request, "param", ""))
-    yield lab
-    lab.close()
+def shelve(h: Harness, *wait: str) -> tuple[int, list[str]]:
+    """The worker's transactions for one shelve of vm1 (offload at once), and the shelve's
+    events as `history` lists them."""
+    assert h.worker_ctx is not None
+    before = h.worker_ctx.repo.commits.transactions
+    h.shelf("shelve", "vm1", *wait)
+    written = h.worker_ctx.repo.commits.transactions - before
+    history = h.ok("history", "vm1", "--json").json()
+    request_id = history[-1]["request_id"]
+    return written, [row["event"] for row in history if row["request_id"] == request_id]
 
 
-def test_quick_steps_are_committed_together(shelving: Shelving) -> None:
-    written, events = shelving.shelve()
+def test_quick_steps_are_committed_together(
+    harness_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every step counts as quick once timed, however busy the machine running the test.
+    monkeypatch.setattr(process_manager, "QUICK_STEP_SECONDS", 60.0)
+    monkeypatch.setattr(process_manager, "RECORD_WITHIN_SECONDS", 60.0)
+    h = booted(harness_factory)
+    first, events = shelve(h, *WAIT)
     assert events == SHELVE_EVENTS
-    # Up to the claim's release (saved with the host), then the closing event.
-    assert written == 2
-
-
-def test_each_step_on_a_slow_host_is_committed_before_the_next(shelving: Shelving) -> None:
-    # As a real host's power-off or snapshot: seconds, where the test driver takes
-    # microseconds.
-    shelving.slow_hosts.append("h1")
-    written, events = shelving.shelve()
+    # The worker's first shelve: a step never timed on its host counts as slow, so what
+    # came before it is committed first: power-off | snapshot, shelved (finish was timed
+    # by the boot), power-off (timed just now) | network | destroy | release | offloaded.
+    assert first == 6
+    h.ok("unshelve", "vm1", *WAIT)
+    second, events = shelve(h, *WAIT)
     assert events == SHELVE_EVENTS
-    # Each step on the host is committed before the next one there starts, so `show`
-    # follows them; a step that only records (shelved with the offload request, the
-    # release, offloaded) goes with the host step before it: power-off | snapshot,
-    # shelved | power-off | network | destroy, release | offloaded.
-    assert written == 6
+    # Every step timed: up to the claim's release (saved with the host), then the rest.
+    assert second == 2
 
 
-@pytest.mark.parametrize(("shelving", "done_before"), [
+def test_each_step_is_committed_before_the_next_when_steps_take_time(
+    harness_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As on a real host, where a power-off or a snapshot takes seconds.
+    monkeypatch.setattr(process_manager, "QUICK_STEP_SECONDS", 0.0)
+    h = booted(harness_factory)
+    for _ in range(2):
+        written, events = shelve(h, *WAIT)
+        assert events == SHELVE_EVENTS
+        # One per step, so `show` follows them: power-off, snapshot, shelved (with the
+        # offload request), power-off, network, destroy, release, offloaded.
+        assert written == 8
+        h.ok("unshelve", "vm1", *WAIT)
+
+
+@pytest.mark.parametrize(("failpoint", "done_before"), [
     ("before:Snapshot=error", ["ShelveRequested", "PoweredOff"]),
     ("before:Destroy=error", SHELVE_EVENTS[:SHELVE_EVENTS.index("Destroyed")]),
-], indirect=["shelving"], ids=["snapshot", "destroy"])
+], ids=["snapshot", "destroy"])
 def test_a_failing_step_keeps_the_quick_steps_before_it(
-    shelving: Shelving, done_before: list[str]
+    harness_factory: Any, monkeypatch: pytest.MonkeyPatch, failpoint: str,
+    done_before: list[str],
 ) -> None:
-    _, events = shelving.shelve()
+    monkeypatch.setattr(process_manager, "QUICK_STEP_SECONDS", 60.0)
+    h = booted(harness_factory, failpoint)
+    assert h.worker is not None
+    for host, step in (("h1", "PowerOff"), ("h1", "Snapshot"), (None, "Finish"),
+                       ("h1", "CleanNetwork"), ("h1", "Destroy"), (None, "ReleaseClaim")):
+        # As if timed by earlier shelves: the events before the failing step wait for it.
+        h.worker.pm.note_step_seconds(host, step, 0.001)
+    _, events = shelve(h, *WAIT)
     assert events[:len(done_before) + 1] == [*done_before, "StepFailed"]
+    assert h.show("vm1")["fault"]["step"] == failpoint.split(":")[1].split("=")[0]

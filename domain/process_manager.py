@@ -272,6 +272,10 @@ class ProcessManager:
         wait = self.settings.shelved_offload_time
         if instance.vm_state != s.SHELVED or not instance.is_idle or wait < 0:
             return False
+        if instance.fault is not None:
+            # An offload that failed is not tried again by itself (it would fail again,
+            # at once, for ever): the fault stays shown until someone asks again.
+            return False
         shelved_at = instance.shelved_at
         if shelved_at is None or (self.clock() - shelved_at).total_seconds() < wait:
             return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +70,24 @@ def test_missing_image_at_unshelve_is_an_error(harness_factory: Any, hosts: Any,
         f"Unshelve attempted but the image {image_id} cannot be found."
     )
     assert h.hosts()["h1"]["memory_mb_used"] == 0
+
+
+def test_a_failed_offload_is_not_tried_again_by_itself(harness_factory: Any,
+                                                       hosts: Any) -> None:
+    """Offload at once (time 0) failing at Destroy: the instance stays shelved with the
+    fault, as in Nova, instead of being offloaded again and again; asking again does."""
+    h = restart_with(harness_factory, hosts, "before:Destroy=error")
+    h.add_host("h1")
+    h.ok("boot", "vm1", "--host", "h1", "--vcpus", "1", "--memory-mb", "256",
+         "--disk-gb", "1", *WAIT)
+    assert h.shelf("shelve", "vm1", *WAIT).code == 1
+    history = h.ok("history", "vm1", "--json").json()
+    time.sleep(1.5)  # the worker's offload timer looks every second
+    assert h.ok("history", "vm1", "--json").json() == history
+    vm = h.show("vm1")
+    assert (vm["vm_state"], vm["task_state"], vm["fault"]["step"]) == ("shelved", None,
+                                                                      "Destroy")
+    h.stop_worker()
+    h = restart_with(harness_factory, hosts, "")
+    h.ok("shelve-offload", "vm1", *WAIT)
+    assert h.show("vm1")["vm_state"] == "shelved_offloaded"

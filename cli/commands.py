@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.failpoints import EnvFailpoints
+from adapters.logs import batched_log_lines
 from cli import render
 from cli.bootstrap import Context
 from cli.times import parse_time
@@ -243,7 +244,8 @@ def serve(ctx: Context, args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    worker.run(stop, once=args.once)
+    with batched_log_lines():  # a line per step from every drive thread: see there
+        worker.run(stop, once=args.once)
     return 0
 
 

@@ -1,0 +1,41 @@
+"""`serve`'s log lines reach stderr in batches, within FLUSH_SECONDS, and none is lost
+when it stops."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from contextlib import redirect_stderr
+
+from adapters import logs
+
+
+def test_lines_arrive_within_the_flush_interval_and_all_at_close() -> None:
+    stream = io.StringIO()
+    batched = logs.BatchedLines(stream)
+    try:
+        batched.write("one\n")
+        batched.flush()  # held: the writer thread writes
+        deadline = time.monotonic() + 5
+        while not stream.getvalue() and time.monotonic() < deadline:
+            time.sleep(logs.FLUSH_SECONDS / 5)
+        assert stream.getvalue() == "one\n"
+        for number in range(1000):
+            batched.write(f"{number}\n")
+    finally:
+        batched.close()
+    assert stream.getvalue().splitlines() == ["one", *map(str, range(1000))]
+
+
+def test_structlog_lines_within_batched_log_lines_all_reach_stderr() -> None:
+    stderr = io.StringIO()
+    with redirect_stderr(stderr):
+        logs.configure_logging("info")
+        with logs.batched_log_lines():
+            log = logs.get_logger("test")
+            for number in range(200):
+                log.info("step.done", number=number)
+    logs.configure_logging("info")  # back on the real stderr, for the tests after this
+    lines = [json.loads(line) for line in stderr.getvalue().splitlines()]
+    assert [line["number"] for line in lines] == list(range(200))

@@ -5,12 +5,12 @@ needed (every HostDriver method is idempotent), record the result as the next ev
 A crash between the act and the record is repaired by doing the step again. Optimistic
 concurrency on the aggregate means two workers can never both record one step.
 
-Quick steps are recorded together. A drive commits the events it holds before the next
-step starts unless that step has been quick on its host so far; and always before a step
-that needs them durable (a claim, a deletion), or once they have waited
-RECORD_WITHIN_SECONDS. Else they go in one transaction with the next steps' events, at
-the latest when the drive stops. A crash then repeats those few quick steps, as it
-repeats one: each is idempotent.
+Quick steps are recorded together. Before each step, a drive commits the events it holds
+unless that step has been quick on its host so far (a step that only records always is);
+and always before a step that needs them durable (a deletion), or if they have waited
+RECORD_WITHIN_SECONDS by then. Else they go in one transaction with the next steps'
+events, at the latest when the drive stops. A crash then repeats those few quick steps,
+as it repeats one: each is idempotent.
 """
 
 from __future__ import annotations
@@ -35,18 +35,20 @@ from domain.registry import AddressBlock, NameIndex, address_block_id, block_of,
 from domain.service import RecordConflict, Repository, find
 
 MAX_STEPS_PER_DRIVE = 64
-# Recording quick steps together (see above). A step is quick on a host if it has taken
-# under QUICK_STEP_SECONDS there (libvirt's test driver; a network update): a real
-# power-off or snapshot takes seconds, so what came before is recorded when it starts,
-# and `show` follows it step by step. A step never timed on a host counts as slow. The
-# time taken is a moving average that rises at once and falls slowly, so one slow run of
-# a step marks it slow for the next several.
+# Recording quick steps together (see above). A hypervisor step is quick on a host if it
+# has taken under QUICK_STEP_SECONDS there (libvirt's test driver; a network update): a
+# real power-off or snapshot takes seconds, so what came before is recorded when it
+# starts, and `show` follows it step by step. A step never timed on a host counts as
+# slow. The time taken is a moving average that rises at once and falls slowly, so one
+# slow run of a step marks it slow for the next several. Steps that only record (claim,
+# release, finish) are quick: their time is the database's, not a host's.
 QUICK_STEP_SECONDS = 0.01
 RECORD_WITHIN_SECONDS = 0.05
 STEP_TIME_WEIGHT = 0.2  # of a quicker run in the moving average
-# Steps whose effect a repeat of an earlier step could not survive, or that others must
-# see: a claim reserves room before spawning on it; deleting the image (or volume) leaves
-# a repeated spawn nothing to spawn from. What comes before is committed first.
+# Steps whose effect a repeat of an earlier step could not survive: deleting the image (or
+# volume) leaves a repeated spawn nothing to spawn from. A claim (first in its plans, so
+# nothing is held before it in practice) retries on the assumption that the instance
+# holds its own event only. What comes before is committed first.
 RECORDED_BEFORE = frozenset({plans.CLAIM, plans.DELETE_IMAGE, plans.DELETE_VOLUME})
 HOST_VIEW_SECONDS = 5.0  # how stale a host may look when ranking (a claim always reloads it)
 CLAIM_ATTEMPTS = 10
@@ -120,8 +122,8 @@ class ProcessManager:
         self._latest: dict[uuid.UUID, Instance] = {}  # per instance, see drive()
         # Instances whose object holds events not yet recorded: since when (monotonic).
         self._unrecorded: dict[uuid.UUID, float] = {}
-        # (host or None, step) -> seconds, a moving average: see QUICK_STEP_SECONDS.
-        self._step_seconds: dict[tuple[str | None, str], float] = {}
+        # (host, step) -> seconds, a moving average: see QUICK_STEP_SECONDS.
+        self._step_seconds: dict[tuple[str, str], float] = {}
         self._recorded: dict[uuid.UUID, int] = {}  # the version this process last saved
         # name -> (when seen, host): for ranking only, see _choose_host()
         self._host_cache: dict[str, tuple[float, Host]] = {}
@@ -186,10 +188,13 @@ class ProcessManager:
         since = self._unrecorded.get(instance.id)
         if since is None:
             return False
-        seconds = self._step_seconds.get((acting_host(instance, step), step))
-        return (step in RECORDED_BEFORE
-                or seconds is None or seconds >= QUICK_STEP_SECONDS
-                or time.monotonic() - since >= RECORD_WITHIN_SECONDS)
+        if step in RECORDED_BEFORE or time.monotonic() - since >= RECORD_WITHIN_SECONDS:
+            return True
+        host = acting_host(instance, step)
+        if host is None:
+            return False  # only records: as quick as the commit it would wait for
+        seconds = self._step_seconds.get((host, step))
+        return seconds is None or seconds >= QUICK_STEP_SECONDS
 
     def record_unrecorded(self, instance: Instance) -> bool:
         """Commit the events `instance` holds; False if another writer moved it on first
@@ -227,12 +232,11 @@ class ProcessManager:
             plan=instance.plan,
         )
         log.debug("step.start")
-        host, started = acting_host(instance, step), time.monotonic()
         if step == plans.FINISH:
             self.finish(instance)
-            self.note_step_seconds(host, step, time.monotonic() - started)
             log.info("action.finished", vm_state=instance.vm_state)
             return
+        host, started = acting_host(instance, step), time.monotonic()
         try:
             self.failpoints.hit(f"before:{step}")
             self.steps[step](instance)
@@ -241,12 +245,13 @@ class ProcessManager:
             self.record_unrecorded(instance)  # the steps before it did succeed
             self.record_failure(instance, step, error)
             return
-        self.note_step_seconds(host, step, time.monotonic() - started)
+        if host is not None:
+            self.note_step_seconds(host, step, time.monotonic() - started)
         log.info("step.done")
 
-    def note_step_seconds(self, host: str | None, step: str, seconds: float) -> None:
-        """How long `step` took on `host` (None: a step that only records): whether the
-        events before it wait for it next time (see QUICK_STEP_SECONDS)."""
+    def note_step_seconds(self, host: str, step: str, seconds: float) -> None:
+        """How long `step` took on `host`: whether the events before it wait for it next
+        time (see QUICK_STEP_SECONDS)."""
         average = self._step_seconds.get((host, step), seconds)
         if seconds < average:
             seconds = average + STEP_TIME_WEIGHT * (seconds - average)
@@ -272,7 +277,7 @@ class ProcessManager:
         wait = self.settings.shelved_offload_time
         if instance.vm_state != s.SHELVED or not instance.is_idle or wait < 0:
             return False
-        if instance.fault is not None:
+        if instance.fault is not None and instance.action in ("shelve", "shelveOffload"):
             # An offload that failed is not tried again by itself (it would fail again,
             # at once, for ever): the fault stays shown until someone asks again.
             return False

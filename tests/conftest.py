@@ -8,6 +8,7 @@ import io
 import json
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
@@ -126,6 +127,14 @@ class Harness:
         if self.worker_ctx is not None:
             self.worker_ctx.close()
 
+    def wait_until_idle(self) -> None:
+        """Until the worker drives nothing (what it counts is counted by then)."""
+        assert self.worker is not None
+        deadline = time.monotonic() + 60
+        while self.worker.busy() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not self.worker.busy()
+
     def driver(self, host: str) -> Any:
         """The worker's own connection to a host: the test driver's real state."""
         assert self.worker_ctx is not None
@@ -161,10 +170,11 @@ def harness_factory(
     made: list[Harness] = []
 
     def make(
-        settings: Settings | None = None, start: bool = True, hosts: Any = None
+        settings: Settings | None = None, start: bool = True, hosts: Any = None,
+        failpoints: str = "",
     ) -> Harness:
         harness = Harness(store_url, tmp_path, settings or Settings(shutdown_timeout=2),
-                          shared_hosts=hosts)
+                          shared_hosts=hosts, failpoints=failpoints)
         made.append(harness)
         if start:
             harness.start_worker()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +21,7 @@ def offloaded_vm(harness_factory: Any, hosts: Any) -> Any:
 
 
 def restart_with(harness_factory: Any, hosts: Any, failpoints: str) -> Any:
-    h = harness_factory(start=False, hosts=hosts)
-    h.failpoints = failpoints
-    h.start_worker()
-    return h
+    return harness_factory(hosts=hosts, failpoints=failpoints)
 
 
 def test_snapshot_fails_ends_stopped_without_an_image(harness_factory: Any, hosts: Any) -> None:
@@ -82,7 +78,8 @@ def test_a_failed_offload_is_not_tried_again_by_itself(harness_factory: Any,
          "--disk-gb", "1", *WAIT)
     assert h.shelf("shelve", "vm1", *WAIT).code == 1
     history = h.ok("history", "vm1", "--json").json()
-    time.sleep(1.5)  # the worker's offload timer looks every second
+    h.worker.check_offload_timer(force=True)  # what it does every second
+    h.wait_until_idle()
     assert h.ok("history", "vm1", "--json").json() == history
     vm = h.show("vm1")
     assert (vm["vm_state"], vm["task_state"], vm["fault"]["step"]) == ("shelved", None,

@@ -11,7 +11,7 @@ from contextlib import redirect_stderr
 from adapters import logs
 
 
-def test_lines_arrive_within_the_flush_interval_and_all_at_close() -> None:
+def test_lines_arrive_from_the_writer_thread_and_all_at_close() -> None:
     stream = io.StringIO()
     batched = logs.BatchedLines(stream)
     try:
@@ -26,6 +26,8 @@ def test_lines_arrive_within_the_flush_interval_and_all_at_close() -> None:
     finally:
         batched.close()
     assert stream.getvalue().splitlines() == ["one", *map(str, range(1000))]
+    batched.write("after\n")  # closed: straight to the stream
+    assert stream.getvalue().endswith("999\nafter\n")
 
 
 def test_structlog_lines_within_batched_log_lines_all_reach_stderr() -> None:
@@ -33,6 +35,7 @@ def test_structlog_lines_within_batched_log_lines_all_reach_stderr() -> None:
     with redirect_stderr(stderr):
         logs.configure_logging("info")
         with logs.batched_log_lines():
+            assert isinstance(logs._batched, logs.BatchedLines)  # what serve logs through
             log = logs.get_logger("test")
             for number in range(200):
                 log.info("step.done", number=number)

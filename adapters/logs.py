@@ -124,9 +124,9 @@ def batched_log_lines() -> Iterator[None]:
     try:
         yield
     finally:
+        batched.close()  # the lines held first; any after it go straight out
         _batched, _configured = None, False
         ensure_configured()
-        batched.close()
 
 
 class LazyLogger:

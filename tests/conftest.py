@@ -135,6 +135,15 @@ class Harness:
             time.sleep(0.01)
         assert not self.worker.busy()
 
+    def wait_for_offload_timer(self) -> None:
+        """Until the worker's offload timer has looked again, in the worker's own thread
+        (its database connection is the worker's)."""
+        assert self.worker is not None
+        asked, deadline = time.monotonic(), time.monotonic() + 60
+        while self.worker.last_timer_check <= asked and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert self.worker.last_timer_check > asked
+
     def driver(self, host: str) -> Any:
         """The worker's own connection to a host: the test driver's real state."""
         assert self.worker_ctx is not None

@@ -71,7 +71,7 @@ def test_missing_image_at_unshelve_is_an_error(harness_factory: Any, hosts: Any,
 def test_a_failed_offload_is_not_tried_again_by_itself(harness_factory: Any,
                                                        hosts: Any) -> None:
     """Offload at once (time 0) failing at Destroy: the instance stays shelved with the
-    fault, as in Nova, instead of being offloaded again and again; asking again does."""
+    fault instead of being offloaded again and again; asking again offloads it."""
     h = restart_with(harness_factory, hosts, "before:Destroy=error")
     h.add_host("h1")
     h.ok("boot", "vm1", "--host", "h1", "--vcpus", "1", "--memory-mb", "256",

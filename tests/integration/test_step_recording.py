@@ -25,12 +25,12 @@ def booted(harness_factory: Any, failpoints: str = "") -> Harness:
     return h
 
 
-def shelve(h: Harness, *wait: str) -> tuple[int, list[str]]:
+def shelve(h: Harness) -> tuple[int, list[str]]:
     """The worker's transactions for one shelve of vm1 (offload at once), and the shelve's
     events as `history` lists them."""
     assert h.worker_ctx is not None
     before = h.worker_ctx.repo.commits.transactions
-    h.shelf("shelve", "vm1", *wait)
+    h.shelf("shelve", "vm1", *WAIT)
     h.wait_until_idle()
     written = h.worker_ctx.repo.commits.transactions - before
     history = h.ok("history", "vm1", "--json").json()
@@ -45,7 +45,7 @@ def test_quick_steps_are_committed_together(
     monkeypatch.setattr(process_manager, "QUICK_STEP_SECONDS", 60.0)
     monkeypatch.setattr(process_manager, "RECORD_WITHIN_SECONDS", 60.0)
     h = booted(harness_factory)
-    first, events = shelve(h, *WAIT)
+    first, events = shelve(h)
     assert events == SHELVE_EVENTS
     # The worker's first shelve: a step never timed on its host counts as slow, so what
     # came before it is committed first; steps that only record are quick: power-off |
@@ -53,7 +53,7 @@ def test_quick_steps_are_committed_together(
     # offloaded.
     assert first == 5
     h.ok("unshelve", "vm1", *WAIT)
-    second, events = shelve(h, *WAIT)
+    second, events = shelve(h)
     assert events == SHELVE_EVENTS
     # Every step timed: up to the claim's release (saved with the host), then the rest.
     assert second == 2
@@ -66,11 +66,12 @@ def test_each_step_is_committed_before_the_next_when_steps_take_time(
     monkeypatch.setattr(process_manager, "QUICK_STEP_SECONDS", 0.0)
     h = booted(harness_factory)
     for _ in range(2):
-        written, events = shelve(h, *WAIT)
+        written, events = shelve(h)
         assert events == SHELVE_EVENTS
-        # Each host step's before the next starts, so `show` follows them; a step that
-        # only records goes with the step before it: power-off | snapshot, shelved |
-        # power-off | network | destroy, release | offloaded.
+        # What came before each host step is committed when it starts, so `show`
+        # follows them; a step that only records goes with the step before it:
+        # power-off | snapshot, shelved | power-off | network | destroy, release |
+        # offloaded.
         assert written == 6
         h.ok("unshelve", "vm1", *WAIT)
 
@@ -90,6 +91,6 @@ def test_a_failing_step_keeps_the_quick_steps_before_it(
                        ("h1", "Destroy")):
         # As if timed by earlier shelves: the events before the failing step wait for it.
         h.worker.pm.note_step_seconds(host, step, 0.001)
-    _, events = shelve(h, *WAIT)
+    _, events = shelve(h)
     assert events[:len(done_before) + 1] == [*done_before, "StepFailed"]
     assert h.show("vm1")["fault"]["step"] == failpoint.split(":")[1].split("=")[0]

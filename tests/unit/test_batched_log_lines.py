@@ -1,4 +1,4 @@
-"""`serve`'s log lines reach stderr in batches, within FLUSH_SECONDS, and none is lost
+"""`serve`'s log lines reach stderr in batches, from a writer thread, and none is lost
 when it stops."""
 
 from __future__ import annotations

@@ -30,6 +30,10 @@ def test_lifecycle_bench(store: str, workers: int, request: pytest.FixtureReques
     assert any(line.startswith("shelf events/s") for line in lines)
     saves = next(line for line in lines if line.startswith("saves per transaction"))
     assert float(saves.split()[-1]) >= 1  # read from the serves' own logs
+    serves_cpu = next(line for line in lines if line.startswith("  serves"))
+    assert float(serves_cpu.split()[-2]) > 0  # ms per cycle, read from /proc
+    assert any(line.startswith("ceiling ratio on") for line in lines)
+    assert any(line.startswith("  database server") for line in lines) == (store == "postgres")
 
 
 def test_replay_bench(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,70 @@
+"""CPU time spent by the processes a bench phase runs on, read from /proc (Linux).
+
+The lifecycle bench uses it to say where a cycle's CPU goes (serves, the bench's own
+requests, the database server) and how high its ratio could go on this machine's cores
+at that cost: on a shared two-core machine, CPU per cycle decides the ceiling, and wall
+time alone doesn't show it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+DATABASE_SERVER = "postgres"  # the command name of every PostgreSQL server process
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of one process so far; 0 once it has gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    # The command name is in parentheses and may hold spaces: the fields follow the last ')'.
+    fields = stat[stat.rindex(")") + 2:].split()
+    user, system = int(fields[11]), int(fields[12])  # utime and stime, 14th and 15th
+    return (user + system) / TICKS_PER_SECOND
+
+
+def pids_named(command: str) -> list[int]:
+    """Every process on this machine whose command name is `command`."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() == command:
+                pids.append(int(entry.name))
+        except OSError:  # it ended while we looked
+            continue
+    return pids
+
+
+class CpuMeter:
+    """CPU seconds of named groups of processes, added up over the phases measured. A
+    group is listed afresh at each start and stop, so a process that starts during a
+    phase (a database backend) counts from its start; one that ends during it loses what
+    it used since the phase began (none of the bench's do)."""
+
+    def __init__(self, groups: Mapping[str, Callable[[], Iterable[int]]]) -> None:
+        self.groups = groups
+        self.seconds = dict.fromkeys(groups, 0.0)
+        self._started: dict[str, dict[int, float]] = {}
+
+    def start(self) -> None:
+        self._started = {name: _cpu_by_pid(pids()) for name, pids in self.groups.items()}
+
+    def stop(self) -> None:
+        for name, pids in self.groups.items():
+            before = self._started[name]
+            self.seconds[name] += sum(seconds - before.get(pid, 0.0)
+                                      for pid, seconds in _cpu_by_pid(pids()).items())
+
+    def total(self) -> float:
+        return sum(self.seconds.values())
+
+
+def _cpu_by_pid(pids: Iterable[int]) -> dict[int, float]:
+    return {pid: process_cpu_seconds(pid) for pid in pids}

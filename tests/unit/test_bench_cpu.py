@@ -1,0 +1,55 @@
+"""bench/cpu.py reads real processes' CPU time from /proc: checked against processes that
+burn a known amount of it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.cpu import CpuMeter, pids_named, process_cpu_seconds
+
+BURN = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\n"
+
+
+def burn_in_this_process(seconds: float) -> None:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+def test_a_process_cpu_time_grows_by_what_it_burns() -> None:
+    before = process_cpu_seconds(os.getpid())
+    burn_in_this_process(0.3)
+    # /proc counts in clock ticks (10 ms): allow one either side.
+    assert 0.28 <= process_cpu_seconds(os.getpid()) - before <= 0.5
+
+
+def test_a_process_that_is_gone_has_used_nothing() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert process_cpu_seconds(child.pid) == 0.0
+
+
+def test_processes_are_found_by_command_name() -> None:
+    own = Path(f"/proc/{os.getpid()}/comm").read_text().strip()
+    assert os.getpid() in pids_named(own)
+    assert pids_named("no-such-command-here") == []
+
+
+def test_a_meter_counts_a_process_started_during_the_phase() -> None:
+    children: list[subprocess.Popen[bytes]] = []
+    meter = CpuMeter({"children": lambda: [child.pid for child in children]})
+    meter.start()
+    children.append(subprocess.Popen([sys.executable, "-c", BURN + "import sys\n"
+                                      "sys.stdin.read()\n"], stdin=subprocess.PIPE))
+    time.sleep(0.05)
+    while process_cpu_seconds(children[0].pid) < 0.3:  # still burning
+        time.sleep(0.02)
+    meter.stop()
+    assert children[0].stdin is not None
+    children[0].stdin.close()
+    children[0].wait()
+    assert 0.3 <= meter.seconds["children"] == meter.total() <= 0.8

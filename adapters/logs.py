@@ -22,6 +22,7 @@ _level = "info"
 _configured = False
 _batched: BatchedLines | None = None
 FLUSH_SECONDS = 0.05
+_encoder: Any = None  # msgspec's JSON encoder, made on first use
 
 
 class BatchedLines:
@@ -79,6 +80,18 @@ class BatchedLines:
         self.write_held()
 
 
+def _json_line(event: dict[str, Any], **_: Any) -> str:
+    """A log line's JSON, by msgspec: a third of the time of `json.dumps`, which `serve`
+    paid for each of the 25 or so lines a shelve and unshelve log. A value JSON has no
+    form for is written as its repr, as structlog's own fallback does."""
+    global _encoder
+    if _encoder is None:
+        import msgspec
+
+        _encoder = msgspec.json.Encoder(enc_hook=repr)
+    return cast(str, _encoder.encode(event).decode())
+
+
 def configure_logging(level: str = "info") -> None:
     global _level, _configured
     _level, _configured = level, False
@@ -96,7 +109,7 @@ def ensure_configured() -> None:
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer(colors=False)
         if sys.stderr.isatty()
-        else structlog.processors.JSONRenderer()
+        else structlog.processors.JSONRenderer(serializer=_json_line)
     )
     structlog.configure(
         processors=[

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import time
+import uuid
 from contextlib import redirect_stderr
 
 from adapters import logs
@@ -42,3 +43,18 @@ def test_structlog_lines_within_batched_log_lines_all_reach_stderr() -> None:
     logs.configure_logging("info")  # back on the real stderr, for the tests after this
     lines = [json.loads(line) for line in stderr.getvalue().splitlines()]
     assert [line["number"] for line in lines] == list(range(200))
+
+
+def test_a_line_is_one_json_object_with_a_repr_for_what_json_cannot_hold() -> None:
+    stderr = io.StringIO()
+    opaque, instance_id = object(), uuid.uuid4()
+    with redirect_stderr(stderr):
+        logs.configure_logging("info")
+        logs.get_logger("test").info("step.done", instance_id=instance_id, opaque=opaque,
+                                     counts={1: 2}, request_id="req-1")
+    logs.configure_logging("info")  # back on the real stderr, for the tests after this
+    [line] = [json.loads(text) for text in stderr.getvalue().splitlines()]
+    assert line["event"] == "step.done" and line["level"] == "info"
+    assert line["instance_id"] == str(instance_id) and line["request_id"] == "req-1"
+    assert line["opaque"] == repr(opaque) and line["counts"] == {"1": 2}
+    assert line["timestamp"].endswith("Z")

@@ -17,15 +17,17 @@ DATABASE_SERVER = "postgres"  # the command name of every PostgreSQL server proc
 
 
 def process_cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds of one process so far; 0 once it has gone."""
+    """User plus system CPU seconds of one process so far, its reaped children's included
+    (a database backend that ends is counted in its server's parent process); 0 once the
+    process has gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return 0.0
     # The command name is in parentheses and may hold spaces: the fields follow the last ')'.
     fields = stat[stat.rindex(")") + 2:].split()
-    user, system = int(fields[11]), int(fields[12])  # utime and stime, 14th and 15th
-    return (user + system) / TICKS_PER_SECOND
+    # utime, stime, cutime and cstime: the 14th to 17th fields
+    return sum(int(field) for field in fields[11:15]) / TICKS_PER_SECOND
 
 
 def pids_named(command: str) -> list[int]:
@@ -45,8 +47,9 @@ def pids_named(command: str) -> list[int]:
 class CpuMeter:
     """CPU seconds of named groups of processes, added up over the phases measured. A
     group is listed afresh at each start and stop, so a process that starts during a
-    phase (a database backend) counts from its start; one that ends during it loses what
-    it used since the phase began (none of the bench's do)."""
+    phase (a database backend) counts from its start. One that ends during it is counted
+    in its parent, if the parent is in the group and reaps it (PostgreSQL's server
+    process does): whole, so a process that had run before the phase counts too much."""
 
     def __init__(self, groups: Mapping[str, Callable[[], Iterable[int]]]) -> None:
         self.groups = groups

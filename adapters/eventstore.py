@@ -33,6 +33,7 @@ from adapters.logs import get_logger
 from adapters.transcoding import FastJSONTranscoder
 from domain.errors import UsageError
 from domain.host import Host
+from domain.identity import Directory, LoginRecord, Revocations, User
 from domain.instance import Instance
 from domain.registry import AddressBlock
 from domain.service import RecordConflict
@@ -186,7 +187,8 @@ class ShelfApplication(Application[uuid.UUID]):
     name = "shelf"
     # An instance lives for years of requests: loading one reads at most 50 events.
     snapshotting_intervals: ClassVar[dict[type[Any], int]] = {
-        Host: 50, AddressBlock: 50, Instance: 50}
+        Host: 50, AddressBlock: 50, Instance: 50,
+        Directory: 50, User: 50, Revocations: 50, LoginRecord: 50}
 
     def _take_snapshots(self, processing_event: Any) -> None:
         """After the events are committed. A snapshot only speeds up loading: failing to

@@ -15,6 +15,7 @@ from typing import NoReturn
 from adapters.logs import configure_logging
 from cli import commands
 from cli.bootstrap import Context
+from cli.identity import add_user_commands
 from domain.errors import ShelfError
 
 Command = Callable[[Context, argparse.Namespace], int]
@@ -181,6 +182,7 @@ def build_parser() -> OneLineParser:
     _add_image_commands(sub)
     _add_audit_commands(sub)
     _add_service_commands(sub)
+    add_user_commands(sub)
     return parser
 
 

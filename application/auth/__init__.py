@@ -1,0 +1,1 @@
+"""Identity the API verifies: users, passwords, application credentials and signed tokens."""

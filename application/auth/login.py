@@ -62,12 +62,12 @@ class Authenticator:
         assert user is not None
         return self._issued(name, identity_of(user, "password"), remote, request_id)
 
-    def login_credential(self, credential_id: str, secret: str, remote: str,
-                         request_id: str) -> Token:
+    def login_credential(self, credential_id: str, secret: str, project: str | None,
+                         remote: str, request_id: str) -> Token:
         user = self._credential_owner(credential_id)
         held = user.credentials.get(credential_id) if user else None
         matches = verify_secret(held["secret_hash"] if held else None, secret)
-        if user is None or not matches:
+        if user is None or not matches or project not in (None, user.project):
             self._failed(f"credential:{credential_id}", "application_credential", remote,
                          request_id)
         assert user is not None

@@ -125,16 +125,16 @@ def test_revocation(h: Any, auth: Authenticator, monkeypatch: pytest.MonkeyPatch
 
 def test_application_credentials(h: Any, auth: Authenticator) -> None:
     made = h.ok("user", "credential", "create", "alice", "--json").json()
-    token = auth.login_credential(made["id"], made["secret"], "127.0.0.1", "req-1")
+    token = auth.login_credential(made["id"], made["secret"], None, "127.0.0.1", "req-1")
     identity = auth.check(token.text).identity
     assert (identity.user_name, identity.methods, identity.credential_id) == (
         "alice", ("application_credential",), made["id"])
     with pytest.raises(LoginFailed):
-        auth.login_credential(made["id"], made["secret"] + "x", "127.0.0.1", "req-2")
+        auth.login_credential(made["id"], made["secret"] + "x", None, "127.0.0.1", "req-2")
     h.ok("user", "credential", "delete", "alice", made["id"])
     auth.revocations.refresh()
     with pytest.raises(TokenInvalid):
         auth.check(token.text)
     with pytest.raises(LoginFailed):
-        auth.login_credential(made["id"], made["secret"], "127.0.0.1", "req-3")
+        auth.login_credential(made["id"], made["secret"], None, "127.0.0.1", "req-3")
     assert made["secret"] not in stored_text(h)

@@ -1,1 +1,8 @@
-"""The application layer: what the CLI and the API both call."""
+"""The application layer: what every entrypoint (the CLI, the HTTP API) calls.
+
+`bootstrap` is the composition root, `lifecycle` records requests, `queries` reads the
+projections, `maintenance` rebuilds them and reconciles the store with the hosts, `auth`
+keeps users, tokens and logins. Every call takes plain values (and the caller's identity
+where something is recorded) and returns plain data: dicts, lists and small dataclasses
+an entrypoint renders as it likes.
+"""

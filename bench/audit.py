@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from application.bootstrap import Context
 from bench.common import (
     figure,
     machine,
@@ -29,7 +30,6 @@ from bench.common import (
     seeded_context,
     store_options,
 )
-from cli.bootstrap import Context
 from cli.main import build_parser
 
 BUDGET_MS = 50.0

@@ -19,8 +19,8 @@ import psycopg
 
 from adapters.eventstore import StoreURL, parse_store_url
 from adapters.logs import configure_logging
+from application.bootstrap import Context
 from bench.seed import FLEET_LIVES, seed_store
-from cli.bootstrap import Context
 
 PG_ADMIN = os.environ.get("SHELF_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 EVENTS_PER_INSTANCE = 12.7  # FLEET_LIVES' average: sizes the first round of seeding

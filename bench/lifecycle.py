@@ -30,9 +30,9 @@ from pathlib import Path
 
 from adapters.images import DirectoryImageStore
 from adapters.libvirt_host import LibvirtHosts
+from application.bootstrap import Context
 from bench.common import bench_store, figure, machine, note, store_options, tmp_dir
 from bench.cpu import DATABASE_SERVER, CpuMeter, pids_named
-from cli.bootstrap import Context
 from domain.ports import DomainSpec
 from domain.service import new_request_id
 

@@ -11,8 +11,8 @@ import argparse
 import os
 import time
 
+from application.bootstrap import Context
 from bench.common import figure, machine, seeded_context, store_options
-from cli.bootstrap import Context
 from projections.reading import EventReader
 from projections.runner import REBUILD_BATCH, ProjectionRunner
 

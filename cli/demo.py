@@ -10,7 +10,7 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cli.bootstrap import Context
+from application.bootstrap import Context
 from cli.worker import Worker
 from domain.process_manager import Settings
 

@@ -10,8 +10,8 @@ from application.auth.keys import KeyRing
 from application.auth.setup import key_directory
 from application.auth.tokens import DEFAULT_LIFETIME
 from application.auth.users import UserAdmin
+from application.bootstrap import Context
 from cli import render
-from cli.bootstrap import Context
 from domain.errors import UsageError
 from domain.identity import DEFAULT_ROLES
 from domain.service import new_request_id

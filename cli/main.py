@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from adapters.logs import configure_logging
-from cli import commands
-from cli.bootstrap import Context
+from application.bootstrap import Context
+from cli import commands, render
 from cli.identity import add_user_commands
 from domain.errors import ShelfError
 
@@ -211,6 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ctx: Context | None = None
     try:
         ctx = Context(args.store, args.user)  # a bad --store is a usage error, too
+        ctx.catch_up_progress = render.progress("catching up the projections")
         func: Command = args.func
         return func(ctx, args)
     except ShelfError as error:

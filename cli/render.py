@@ -80,3 +80,9 @@ def progress(doing: str) -> Callable[[int, int], None] | None:
               flush=True)
 
     return show
+
+
+def print_step(record: dict[str, Any]) -> None:
+    """One step an instance went through while `--wait` watched (`history`'s record)."""
+    detail = record.get("error") or record.get("host") or ""
+    print(f"  {record['timestamp'][11:19]}  {record['event']:<24} {detail}", flush=True)

@@ -21,7 +21,7 @@ from eventsourcing.persistence import Notification
 
 from adapters.leases import InstanceLeases
 from adapters.serving import ServingLeases, projections_key, serving_key
-from cli.bootstrap import Context
+from application.bootstrap import Context
 from domain.process_manager import Failpoints, ProcessManager, Settings
 
 INSTANCE_TOPIC = "domain.instance:Instance."

@@ -21,7 +21,7 @@ import pytest
 
 from adapters.failpoints import EnvFailpoints
 from adapters.libvirt_host import LibvirtHosts
-from cli.bootstrap import Context
+from application.bootstrap import Context
 from cli.worker import Worker
 from domain.instance import Instance
 from domain.process_manager import Settings

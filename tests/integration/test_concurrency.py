@@ -14,7 +14,7 @@ import pytest
 
 from adapters.eventstore import EventStoreRepository
 from adapters.libvirt_host import LibvirtHosts
-from cli.bootstrap import Context
+from application.bootstrap import Context
 from domain.host import Host, host_id_for
 from domain.process_manager import ProcessManager, Settings
 from domain.service import new_request_id

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from adapters.folding import apply_event
+from application.bootstrap import Context
 from bench.seed import Seeder
-from cli.bootstrap import Context
 
 
 def test_apply_event_equals_mutate_over_a_random_history(tmp_path: Path) -> None:

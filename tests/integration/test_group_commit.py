@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from cli.bootstrap import Context
+from application.bootstrap import Context
 from domain.registry import NameIndex, name_index_id
 from domain.service import RecordConflict
 

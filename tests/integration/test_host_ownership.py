@@ -21,8 +21,8 @@ from adapters.eventstore import parse_store_url
 from adapters.leases import InstanceLeases
 from adapters.libvirt_host import LibvirtHosts
 from adapters.serving import ServingLeases, projections_key
+from application.bootstrap import Context
 from cli import worker as worker_module
-from cli.bootstrap import Context
 from cli.worker import Worker
 from domain.process_manager import Settings
 from domain.service import new_request_id

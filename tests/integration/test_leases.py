@@ -12,7 +12,7 @@ import pytest
 from adapters.eventstore import parse_store_url
 from adapters.leases import InstanceLeases
 from adapters.libvirt_host import LibvirtHosts
-from cli.bootstrap import Context
+from application.bootstrap import Context
 from cli.worker import Worker
 from domain.process_manager import Settings
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
+from application.bootstrap import Context
 from bench.seed import Seeder
-from cli.bootstrap import Context
 from domain.errors import ShelfError
 from domain.host import Host
 from domain.instance import Instance

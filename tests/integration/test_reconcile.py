@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.images import DirectoryImageStore
-from cli.bootstrap import Context
+from application.bootstrap import Context
 from cli.commands import reconcile_command
 from domain.ports import DomainSpec
 

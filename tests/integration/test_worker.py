@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cli.bootstrap import Context
+from application.bootstrap import Context
 from cli.worker import Worker
 from domain.process_manager import Settings
 from domain.service import new_request_id

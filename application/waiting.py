@@ -1,12 +1,14 @@
-"""`--wait`: block until the instance's task is none again, showing each step on a terminal."""
+"""`--wait`: block until the instance's task is none again, handing each new step to the
+caller (the CLI prints them on a terminal)."""
 
 from __future__ import annotations
 
-import sys
 import time
 import uuid
+from collections.abc import Callable
+from typing import Any
 
-from cli.bootstrap import Context
+from application.bootstrap import Context
 from domain.errors import ShelfError
 from domain.instance import Instance
 from domain.service import find
@@ -23,27 +25,35 @@ class ActionFailed(ShelfError):
     exit_code = 1
 
 
-def wait_for_idle(ctx: Context, instance_id: uuid.UUID, request_id: str, timeout: float) -> None:
-    """Return when idle; raise ActionFailed if it ended with a fault, TimedOut after timeout."""
+StepSeen = Callable[[dict[str, Any]], None]
+
+
+def wait_for_idle(
+    ctx: Context, instance: str | uuid.UUID, request_id: str, timeout: float,
+    on_step: StepSeen | None = None,
+) -> None:
+    """Return when idle; raise ActionFailed if it ended with a fault, TimedOut after timeout.
+    `on_step` gets each event recorded meanwhile (`history`'s record of it)."""
+    instance_id = instance if isinstance(instance, uuid.UUID) else uuid.UUID(instance)
     deadline = time.monotonic() + timeout
     shown = _current_version(ctx, instance_id)
-    show_progress = sys.stdout.isatty()
     seen_head: int | None = -1
     task_state: str | None = None
     while True:
         head = ctx.app.recorder.max_notification_id()
         if head != seen_head:  # something was recorded since the last look
             seen_head = head
-            instance = find(ctx.repo, instance_id, Instance)
-            if instance is None:
+            found = find(ctx.repo, instance_id, Instance)
+            if found is None:
                 raise ShelfError(f"instance {instance_id} vanished from the store")
-            if show_progress and instance.version > shown:
-                _print_steps(ctx, instance_id, shown)
-                shown = instance.version
-            if instance.is_idle:
-                _raise_on_fault(instance, request_id)
+            if on_step is not None and found.version > shown:
+                for event in ctx.app.events.get(instance_id, gt=shown):
+                    on_step(event_record(event))
+                shown = found.version
+            if found.is_idle:
+                _raise_on_fault(found, request_id)
                 return
-            task_state = instance.task_state
+            task_state = found.task_state
         if time.monotonic() >= deadline:
             raise TimedOut(
                 f"timed out after {timeout:g}s waiting for instance {instance_id} "
@@ -55,13 +65,6 @@ def wait_for_idle(ctx: Context, instance_id: uuid.UUID, request_id: str, timeout
 def _current_version(ctx: Context, instance_id: uuid.UUID) -> int:
     instance = find(ctx.repo, instance_id, Instance)
     return instance.version if instance is not None else 0
-
-
-def _print_steps(ctx: Context, instance_id: uuid.UUID, after_version: int) -> None:
-    for event in ctx.app.events.get(instance_id, gt=after_version):
-        record = event_record(event)
-        detail = record.get("error") or record.get("host") or ""
-        print(f"  {record['timestamp'][11:19]}  {record['event']:<24} {detail}", flush=True)
 
 
 def _raise_on_fault(instance: Instance, request_id: str) -> None:

@@ -1,4 +1,5 @@
-"""The composition root: the one place that wires adapters to the domain."""
+"""The composition root: the one place that wires adapters to the domain, for every
+entrypoint (the CLI and the HTTP API build one `Context` each and share nothing else)."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def default_data_dir() -> Path:
 
 
 class Context:
-    """Everything one CLI invocation (or `serve`) needs, built on first use."""
+    """Everything one CLI invocation, `serve` or API process needs, built on first use."""
 
     def __init__(
         self, store_url: str | None = None, user: str | None = None,
@@ -54,6 +55,8 @@ class Context:
         self.data_dir = (data_dir or default_data_dir()).absolute()
         self._hosts = hosts
         self._owns_hosts = hosts is None  # a caller's connections stay open for the caller
+        # Set by an entrypoint that shows a long catch-up to a person (the CLI on a tty).
+        self.catch_up_progress: Callable[[int, int], None] | None = None
 
     @cached_property
     def app(self) -> ShelfApplication:
@@ -76,6 +79,10 @@ class Context:
         failpoints = os.environ.get("SHELF_FAILPOINTS")
         return ProjectionRunner(self.app, self.db,
                                 failpoint=EnvFailpoints(failpoints) if failpoints else None)
+
+    def catch_up(self) -> None:
+        """Bring the projections up to date before reading them (`serve` usually has)."""
+        self.projector.catch_up(progress=self.catch_up_progress)
 
     @cached_property
     def images(self) -> DirectoryImageStore:

@@ -1,0 +1,103 @@
+"""Recording requests: hosts, boots, instance actions and image imports.
+
+Each call takes plain values and the caller, records what was asked (nothing here waits
+for a hypervisor: `serve` performs the requests) and returns plain data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from application.bootstrap import Context
+from application.identity import Caller
+from domain.errors import NotFound, UsageError
+from domain.service import new_request_id
+from projections.views import host_view
+
+# The actions `request` accepts: Nova's names (the CLI's `shelve-offload` is shelveOffload).
+ACTIONS = ("shelve", "shelveOffload", "unshelve", "start", "stop", "pause", "unpause",
+           "suspend", "resume", "delete")
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A recorded request: the instance it is about and the request id its events carry."""
+
+    instance_id: str
+    request_id: str
+
+
+def add_host(
+    ctx: Context, caller: Caller, name: str, uri: str, vcpus: int | None = None,
+    memory_mb: int | None = None, disk_gb: int | None = None,
+) -> dict[str, Any]:
+    """Register a libvirt host; a capacity not given is what libvirt reports."""
+    vcpus, memory_mb, disk_gb = _capacity(ctx, name, uri, vcpus, memory_mb, disk_gb)
+    host = ctx.service.add_host(name, uri, vcpus, memory_mb, disk_gb, caller.user_name,
+                                new_request_id())
+    return host_view(host)
+
+
+def _capacity(
+    ctx: Context, name: str, uri: str, vcpus: int | None, memory_mb: int | None,
+    disk_gb: int | None,
+) -> tuple[int, int, int]:
+    if vcpus is not None and memory_mb is not None and disk_gb is not None:
+        return vcpus, memory_mb, disk_gb
+    from adapters.libvirt_host import open_host  # libvirt loads only when needed
+
+    driver = open_host(name, uri, ctx.data_dir)
+    try:
+        capacity = driver.capacity()
+    finally:
+        driver.close()
+    return (vcpus or capacity.vcpus, memory_mb or capacity.memory_mb,
+            disk_gb or capacity.disk_gb)
+
+
+def boot(
+    ctx: Context, caller: Caller, *, name: str, host: str, vcpus: int, memory_mb: int,
+    disk_gb: int, image: str | None = None, volume_backed: bool = False,
+    request_id: str | None = None,
+) -> Recorded:
+    """Record a boot. `image` is an image's name or id (None: a blank root disk)."""
+    image_id = None
+    if image:
+        found = ctx.images.find(image)
+        if found is None:
+            raise NotFound(f"no such image: {image}")
+        image_id = found.id
+    request_id = request_id or new_request_id()
+    instance = ctx.service.boot(
+        name=name, host=host, vcpus=vcpus, memory_mb=memory_mb, disk_gb=disk_gb,
+        image_id=image_id, volume_backed=volume_backed, user=caller.user_name,
+        request_id=request_id,
+    )
+    return Recorded(str(instance.id), request_id)
+
+
+def request(
+    ctx: Context, caller: Caller, action: str, instance: str, host: str | None = None,
+    request_id: str | None = None,
+) -> Recorded:
+    """Record one of ACTIONS on an instance (id or name); `host` only for unshelve."""
+    if action not in ACTIONS:
+        raise UsageError(f"no such action: {action}")
+    if host is not None and action != "unshelve":
+        raise UsageError(f"a host is chosen only by unshelve, not by {action}")
+    request_id = request_id or new_request_id()
+    recorded = ctx.service.request(action, instance, caller.user_name, request_id, host)
+    return Recorded(str(recorded.id), request_id)
+
+
+def import_image(ctx: Context, name: str, source: Path) -> dict[str, Any]:
+    """Copy a qcow2 or raw file into the image store; the image's fields."""
+    if not source.is_file():
+        raise NotFound(f"no such file: {source}")
+    try:
+        info = ctx.images.import_file(name, source)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    return dict(vars(info))

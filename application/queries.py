@@ -1,0 +1,105 @@
+"""The read side: what `list`, `show`, `actions`, `history`, `audit`, `host list`,
+`image list` and `projections status` print, and what the HTTP API renders.
+
+Every query first catches the projections up (one indexed query when nothing is new), so
+a read never misses what was recorded before it. Moments are ISO 8601 text in UTC, as
+`cli.times.parse_time` makes them. Each returns plain dicts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from application.bootstrap import Context
+from domain.errors import NotFound, UsageError
+from domain.instance import Instance
+from domain.service import resolve_instance
+from projections import queries as read
+from projections.views import instance_view
+
+
+def list_instances(ctx: Context) -> list[dict[str, Any]]:
+    """Every instance not deleted, oldest first: `show`'s fields for each."""
+    ctx.catch_up()
+    return read.live_instances(ctx.db)
+
+
+def show_instance(ctx: Context, instance: str, as_of: str | None = None) -> dict[str, Any]:
+    """One instance (id or name) now, or as its own events had left it at `as_of`."""
+    found = resolve_instance(ctx.repo, instance)
+    ctx.catch_up()
+    if as_of is not None:
+        return _instance_as_of(ctx, found, as_of)
+    return read.instance(ctx.db, str(found.id)) or instance_view(found)
+
+
+def _instance_as_of(ctx: Context, found: Instance, moment: str) -> dict[str, Any]:
+    version = read.version_at(ctx.db, str(found.id), moment)
+    if version is None:
+        raise NotFound(f"instance {found.id} did not exist at {moment}")
+    return instance_view(ctx.app.repository.get(found.id, version=version))
+
+
+def instance_history(ctx: Context, instance: str) -> list[dict[str, Any]]:
+    """Every event of one instance, oldest first."""
+    found = resolve_instance(ctx.repo, instance)
+    ctx.catch_up()
+    return read.history(ctx.db, str(found.id))
+
+
+def instance_actions(ctx: Context, instance: str) -> list[dict[str, Any]]:
+    """One instance's actions (Nova's instance actions), each with its `events`."""
+    found = resolve_instance(ctx.repo, instance)
+    ctx.catch_up()
+    return read.actions(ctx.db, str(found.id))
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    """What `audit` filters on; None matches anything. `limit` 0 means no limit."""
+
+    since: str | None = None
+    until: str | None = None
+    instance: str | None = None  # an id or name
+    host: str | None = None
+    action: str | None = None
+    user: str | None = None
+    result: str | None = None
+    after: int = 0
+    limit: int = 100
+    events: bool = False  # each action with its events
+
+
+def audit(ctx: Context, query: AuditQuery) -> list[dict[str, Any]]:
+    """One page of actions across the fleet, oldest first; the next page starts after the
+    last one's `position`."""
+    if query.limit < 0:
+        raise UsageError(f"--limit must be 0 (no limit) or more, not {query.limit}")
+    instance_id = (str(resolve_instance(ctx.repo, query.instance).id)
+                   if query.instance else None)
+    wanted = read.AuditFilter(
+        since=query.since, until=query.until, instance_id=instance_id, host=query.host,
+        action=query.action, user=query.user, result=query.result, after=query.after,
+        limit=query.limit,
+    )
+    ctx.catch_up()
+    page = read.audit(ctx.db, wanted)
+    return read.with_events(ctx.db, page) if query.events else page
+
+
+def hosts(ctx: Context, as_of: str | None = None) -> list[dict[str, Any]]:
+    """Every host with its capacity and usage, now or at `as_of`."""
+    ctx.catch_up()
+    return read.hosts_as_of(ctx.db, as_of) if as_of is not None else read.hosts(ctx.db)
+
+
+def images(ctx: Context) -> list[dict[str, Any]]:
+    """Every image in the image store (a shelved one is `<name>-shelved`)."""
+    return [dict(vars(info)) for info in ctx.images.list()]
+
+
+def projections_status(ctx: Context) -> list[dict[str, Any]]:
+    """Each projection's position, the store's head and the lag between them."""
+    return [{"name": s.name, "position": s.position, "head": s.head, "lag": s.lag}
+            for s in ctx.projector.status()]

@@ -30,6 +30,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 import libvirt
 
 from adapters.images import bytes_on_disk, probe_disk_file
+from adapters.libvirt_connection import ConnectionBounds, is_unreachable, open_connection
 from adapters.libvirt_xml import (
     DOMAIN_PREFIX,
     NETWORK_NAME,
@@ -57,6 +58,7 @@ from domain.ports import (
     Capacity,
     DomainSpec,
     HostDriver,
+    HostUnreachable,
     HypervisorError,
     ImageNotFound,
 )
@@ -97,8 +99,9 @@ class _MissingImage(_Refusal):
     """The image file a step needs is not there (becomes ImageNotFound)."""
 
 
-class UnknownHost(HypervisorError, KeyError):
-    """No URI is registered for the host name (a KeyError too, for lookups that expect one)."""
+class UnknownHost(HostUnreachable, KeyError):
+    """No URI is registered for the host name (it was never added, or removed): as
+    unreachable as a host can be. A KeyError too, for lookups that expect one."""
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
@@ -130,12 +133,20 @@ def _operation(
                 return self._run_twice(functools.partial(method, self, *args, **kwargs))
             except (libvirt.libvirtError, OSError, _Refusal) as exc:
                 step = what.format(**signature.bind(self, *args, **kwargs).arguments)
-                error = ImageNotFound if isinstance(exc, _MissingImage) else HypervisorError
+                error = _error_class(exc)
                 raise error(f"host {self.name}: {step}: {_one_line(exc)}") from exc
 
         return run
 
     return decorate
+
+
+def _error_class(exc: Exception) -> type[HypervisorError]:
+    if isinstance(exc, _MissingImage):
+        return ImageNotFound
+    if isinstance(exc, libvirt.libvirtError) and is_unreachable(exc):
+        return HostUnreachable
+    return HypervisorError
 
 
 def _ignore_libvirt_error(_context: object, _error: object) -> None:
@@ -149,9 +160,12 @@ def _is_missing(exc: libvirt.libvirtError, code: int) -> bool:
 class LibvirtHost:
     """A host served by a real libvirtd (qemu:///system, qemu+ssh://…)."""
 
-    def __init__(self, name: str, uri: str, data_dir: Path) -> None:
+    def __init__(
+        self, name: str, uri: str, data_dir: Path, bounds: ConnectionBounds | None = None
+    ) -> None:
         self.name = name
         self.uri = uri
+        self.bounds = bounds or ConnectionBounds.from_env()
         self.disks_dir = data_dir / "hosts" / name / "disks"
         self.disks_pool_name = f"shelf-disks-{name}"
         self._lock = threading.RLock()
@@ -165,7 +179,9 @@ class LibvirtHost:
     def _connect(self) -> libvirt.virConnect:
         libvirt.registerErrorHandler(_ignore_libvirt_error, None)
         try:
-            return libvirt.open(self.uri)
+            return open_connection(self.uri, self.bounds)
+        except HostUnreachable as exc:
+            raise HostUnreachable(f"host {self.name}: {exc}") from exc
         except libvirt.libvirtError as exc:
             message = f"host {self.name}: connect to {self.uri}: {_one_line(exc)}"
             raise HypervisorError(message) from exc
@@ -223,7 +239,7 @@ class LibvirtHost:
                 self._ensure_disks_pool()
                 self._ensure_network()
             except (libvirt.libvirtError, OSError) as exc:
-                raise HypervisorError(
+                raise _error_class(exc)(
                     f"host {self.name}: prepare pool {self.disks_pool_name} and network "
                     f"{NETWORK_NAME}: {_one_line(exc)}"
                 ) from exc
@@ -704,10 +720,11 @@ class TestDriverHost(LibvirtHost):
     __test__ = False  # not a pytest test class, despite the name
 
     def __init__(
-        self, name: str, uri: str, data_dir: Path, *, guests_ignore_shutdown: bool = False
+        self, name: str, uri: str, data_dir: Path, bounds: ConnectionBounds | None = None, *,
+        guests_ignore_shutdown: bool = False,
     ) -> None:
         self.guests_ignore_shutdown = guests_ignore_shutdown
-        super().__init__(name, uri, data_dir)
+        super().__init__(name, uri, data_dir, bounds)
 
     def _can_reconnect(self) -> bool:
         return False  # a new connection would be a fresh, empty test host
@@ -766,31 +783,49 @@ def _image_virtual_size(image_path: Path) -> int:
     return probe_disk_file(image_path).virtual_size
 
 
-def open_host(name: str, uri: str, data_dir: Path) -> LibvirtHost:
-    """The driver for a host: the test driver's for `test://…` URIs, else real libvirt's."""
-    if uri.startswith("test:"):
-        return TestDriverHost(name, uri, data_dir)
-    return LibvirtHost(name, uri, data_dir)
+def open_host(
+    name: str, uri: str, data_dir: Path, bounds: ConnectionBounds | None = None
+) -> LibvirtHost:
+    """The driver for a host: the test driver's for `test://…` URIs (also served by a
+    daemon, `test+tcp://…`), else real libvirt's."""
+    if uri.split(":", 1)[0].split("+", 1)[0] == "test":
+        return TestDriverHost(name, uri, data_dir, bounds)
+    return LibvirtHost(name, uri, data_dir, bounds)
 
 
 class LibvirtHosts:
     """`domain.ports.HostDrivers`: one long-lived connection per host, opened on first use."""
 
-    def __init__(self, lookup_uri: Callable[[str], str], data_dir: Path) -> None:
+    def __init__(
+        self, lookup_uri: Callable[[str], str], data_dir: Path,
+        bounds: ConnectionBounds | None = None,
+    ) -> None:
         self._lookup_uri = lookup_uri  # raises KeyError for an unknown host
         self._data_dir = data_dir
+        self._bounds = bounds or ConnectionBounds.from_env()
         self._drivers: dict[str, LibvirtHost] = {}
         self._lock = threading.Lock()
+        # One per host: a host that takes its connect timeout to answer (or not) delays
+        # only the steps on that host, not every other host's first connection.
+        self._opening: dict[str, threading.Lock] = {}
 
     def driver(self, host: str) -> HostDriver:
         with self._lock:
             driver = self._drivers.get(host)
+            if driver is not None:
+                return driver
+            opening = self._opening.setdefault(host, threading.Lock())
+        with opening:
+            with self._lock:
+                driver = self._drivers.get(host)
             if driver is None:
                 try:
                     uri = self._lookup_uri(host)
                 except KeyError as exc:
                     raise UnknownHost(f"unknown host {host}") from exc
-                driver = self._drivers[host] = open_host(host, uri, self._data_dir)
+                driver = open_host(host, uri, self._data_dir, self._bounds)
+                with self._lock:
+                    self._drivers[host] = driver
             return driver
 
     def close(self) -> None:

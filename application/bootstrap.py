@@ -57,6 +57,7 @@ class Context:
         self._owns_hosts = hosts is None  # a caller's connections stay open for the caller
         # Set by an entrypoint that shows a long catch-up to a person (the CLI on a tty).
         self.catch_up_progress: Callable[[int, int], None] | None = None
+        self.connect_timeout: float | None = None  # `--connect-timeout`, else the environment's
 
     @cached_property
     def app(self) -> ShelfApplication:
@@ -95,9 +96,11 @@ class Context:
     @property
     def hosts(self) -> HostDrivers:
         if self._hosts is None:
-            from adapters.libvirt_host import LibvirtHosts  # only commands that need hosts
+            from adapters.libvirt_connection import ConnectionBounds  # only commands that
+            from adapters.libvirt_host import LibvirtHosts  # need hosts load libvirt
 
-            self._hosts = LibvirtHosts(self.host_uri, self.data_dir)
+            bounds = ConnectionBounds.from_env(connect_timeout=self.connect_timeout)
+            self._hosts = LibvirtHosts(self.host_uri, self.data_dir, bounds)
         return self._hosts
 
     def host_uri(self, name: str) -> str:

@@ -6,14 +6,18 @@ for a hypervisor: `serve` performs the requests) and returns plain data.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from application.bootstrap import Context
 from application.identity import Caller
-from domain.errors import NotFound, UsageError
+from domain import host_removal
+from domain.errors import NotFound, ShelfError, UsageError
+from domain.ports import HypervisorError
 from domain.service import new_request_id
+from projections.audit import event_record
 from projections.views import host_view
 
 # The actions `request` accepts: Nova's names (the CLI's `shelve-offload` is shelveOffload).
@@ -32,9 +36,12 @@ class Recorded:
 def add_host(
     ctx: Context, caller: Caller, name: str, uri: str, vcpus: int | None = None,
     memory_mb: int | None = None, disk_gb: int | None = None,
+    connect_timeout: float | None = None,
 ) -> dict[str, Any]:
-    """Register a libvirt host; a capacity not given is what libvirt reports."""
-    vcpus, memory_mb, disk_gb = _capacity(ctx, name, uri, vcpus, memory_mb, disk_gb)
+    """Register a libvirt host (or a removed one's name again); a capacity not given is
+    what libvirt reports, asked within `connect_timeout` (None: the environment's)."""
+    vcpus, memory_mb, disk_gb = _capacity(ctx, name, uri, vcpus, memory_mb, disk_gb,
+                                          connect_timeout)
     host = ctx.service.add_host(name, uri, vcpus, memory_mb, disk_gb, caller.user_name,
                                 new_request_id())
     return host_view(host)
@@ -42,19 +49,32 @@ def add_host(
 
 def _capacity(
     ctx: Context, name: str, uri: str, vcpus: int | None, memory_mb: int | None,
-    disk_gb: int | None,
+    disk_gb: int | None, connect_timeout: float | None,
 ) -> tuple[int, int, int]:
     if vcpus is not None and memory_mb is not None and disk_gb is not None:
         return vcpus, memory_mb, disk_gb
-    from adapters.libvirt_host import open_host  # libvirt loads only when needed
+    from adapters.libvirt_connection import ConnectionBounds  # libvirt loads only when needed
+    from adapters.libvirt_host import open_host
 
-    driver = open_host(name, uri, ctx.data_dir)
+    bounds = ConnectionBounds.from_env(connect_timeout=connect_timeout)
     try:
-        capacity = driver.capacity()
-    finally:
-        driver.close()
+        driver = open_host(name, uri, ctx.data_dir, bounds)
+        try:
+            capacity = driver.capacity()
+        finally:
+            driver.close()
+    except HypervisorError as error:  # unreachable, or refused: one line, nothing recorded
+        raise ShelfError(str(error)) from None
     return (vcpus or capacity.vcpus, memory_mb or capacity.memory_mb,
             disk_gb or capacity.disk_gb)
+
+
+def remove_host(ctx: Context, caller: Caller, name: str, force: bool) -> list[dict[str, str]]:
+    """Unregister a host (refused while instances hold claims there); with `force`, those
+    instances are deleted without it: their id and name."""
+    deleted = host_removal.remove_host(ctx.repo, name, force, caller.user_name,
+                                       new_request_id())
+    return [{"id": str(instance.id), "name": instance.name} for instance in deleted]
 
 
 def boot(
@@ -90,6 +110,14 @@ def request(
     request_id = request_id or new_request_id()
     recorded = ctx.service.request(action, instance, caller.user_name, request_id, host)
     return Recorded(str(recorded.id), request_id)
+
+
+def left_without_host(ctx: Context, recorded: Recorded) -> list[dict[str, Any]]:
+    """What the request left on a host it could not reach (a delete's `LeftOnHost`)."""
+    events = ctx.app.events.get(uuid.UUID(recorded.instance_id))
+    records = (event_record(event) for event in events)
+    return [record for record in records
+            if record["event"] == "LeftOnHost" and record["request_id"] == recorded.request_id]
 
 
 def import_image(ctx: Context, name: str, source: Path) -> dict[str, Any]:

@@ -49,14 +49,25 @@ def _wait(ctx: Context, recorded: lifecycle.Recorded, args: argparse.Namespace) 
     if args.wait:
         on_step = render.print_step if sys.stdout.isatty() else None
         wait_for_idle(ctx, recorded.instance_id, recorded.request_id, args.timeout, on_step)
+        for left in lifecycle.left_without_host(ctx, recorded):  # a delete says so
+            print(f"{recorded.instance_id}: deleted without host {left['host']} "
+                  f"({left['step']}: {left['reason']})")
 
 
 # ---- hosts ------------------------------------------------------------------------------
 
 def host_add(ctx: Context, args: argparse.Namespace) -> int:
     host = lifecycle.add_host(ctx, caller(ctx), args.name, args.uri, args.vcpus,
-                              args.memory_mb, args.disk_gb)
+                              args.memory_mb, args.disk_gb, args.connect_timeout)
     print(host["name"])
+    return 0
+
+
+def host_remove(ctx: Context, args: argparse.Namespace) -> int:
+    for instance in lifecycle.remove_host(ctx, caller(ctx), args.name, args.force):
+        print(f"{instance['id']} {instance['name']}: deleted without host {args.name}; "
+              "what is left there is for `shelf reconcile`")
+    print(args.name)
     return 0
 
 
@@ -162,6 +173,7 @@ def serve(ctx: Context, args: argparse.Namespace) -> int:
     from cli.worker import Worker  # and structlog: other commands don't pay for them
     from domain.process_manager import Settings
 
+    ctx.connect_timeout = args.connect_timeout  # before the first host connection
     settings = Settings(
         shelved_offload_time=args.shelved_offload_time,
         shutdown_timeout=args.shutdown_timeout,

@@ -57,6 +57,16 @@ def _add_host_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     for option in ("--vcpus", "--memory-mb", "--disk-gb"):
         add.add_argument(option, type=int, help="capacity (default: what libvirt reports)")
     add.set_defaults(func=commands.host_add)
+    add.add_argument("--connect-timeout", type=float, metavar="S",
+                     help="seconds to wait for the host to answer (default "
+                          "$SHELF_LIBVIRT_CONNECT_TIMEOUT, else 30)")
+    remove = host.add_parser("remove", help="unregister a host (refused while instances "
+                             "hold claims there)")
+    remove.add_argument("name")
+    remove.add_argument("--force", action="store_true",
+                        help="delete the instances holding claims there without the host "
+                             "(Nova's local delete); what is left on it is for reconcile")
+    remove.set_defaults(func=commands.host_remove)
     listing = host.add_parser("list", help="hosts with their capacity and usage")
     _json_option(listing)
     _as_of_option(listing, "usage of every host at TIME")
@@ -154,6 +164,9 @@ def _add_service_commands(sub: argparse._SubParsersAction[OneLineParser]) -> Non
     serve.add_argument("--host", action="append", metavar="NAME", dest="hosts",
                        help="perform hypervisor steps only on this host (repeatable; "
                             "default: every host). Run one such serve per hypervisor host")
+    serve.add_argument("--connect-timeout", type=float, metavar="S",
+                       help="seconds to wait for a host's libvirt to answer a connection "
+                            "(default $SHELF_LIBVIRT_CONNECT_TIMEOUT, else 30)")
     serve.set_defaults(func=commands.serve)
     reconcile = sub.add_parser("reconcile", help="compare the store with every host")
     reconcile.add_argument("--fix", action="store_true",

@@ -12,7 +12,7 @@ from typing import Any
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.errors import NoRoom
+from domain.errors import Conflict, NoRoom
 
 HOST_NAMESPACE = uuid.UUID("0b8e4c3e-3a0f-4c1e-9b3e-6a3e2f1d7c42")
 
@@ -23,6 +23,11 @@ def host_id_for(name: str) -> uuid.UUID:
 
 
 class Host(Aggregate):
+    """A host's capacity and claims. Removing it (`HostRemoved`) needs it free of claims;
+    its name may be added again later (`HostAddedAgain`: same aggregate, fresh capacity)."""
+
+    removed = False  # a class default: snapshots taken before removal existed lack it
+
     @staticmethod
     def create_id(name: str, **_: Any) -> uuid.UUID:
         return host_id_for(name)
@@ -33,6 +38,7 @@ class Host(Aggregate):
         user: str, request_id: str,
     ) -> None:
         self.name, self.uri = name, uri
+        self.removed = False
         self.vcpus, self.memory_mb, self.disk_gb = vcpus, memory_mb, disk_gb
         self.claims: dict[str, dict[str, int]] = {}
         # The sum of the claims, kept as they come and go: a host with thousands of
@@ -63,6 +69,8 @@ class Host(Aggregate):
         """Hold resources for an instance; a second claim by the same instance is a no-op."""
         if instance_id in self.claims:
             return
+        if self.removed:
+            raise NoRoom(f"No valid host was found: host {self.name} has been removed")
         if not self.fits(vcpus, memory_mb, disk_gb):
             free = self.free()
             raise NoRoom(
@@ -82,6 +90,34 @@ class Host(Aggregate):
         self.claims[instance_id] = {"vcpus": vcpus, "memory_mb": memory_mb, "disk_gb": disk_gb}
         for key, amount in self.claims[instance_id].items():
             self.in_use[key] += amount
+
+    def remove(self, user: str, request_id: str) -> None:
+        if self.claims:
+            raise Conflict(
+                f"host {self.name} can't be removed: {len(self.claims)} instance(s) hold "
+                f"claims there ({', '.join(sorted(self.claims)[:3])}"
+                f"{', …' if len(self.claims) > 3 else ''}); delete them, or use --force")
+        self._removed(user=user, request_id=request_id)
+
+    @event("HostRemoved")
+    def _removed(self, user: str, request_id: str) -> None:
+        self.removed = True
+
+    def add_again(
+        self, uri: str, vcpus: int, memory_mb: int, disk_gb: int, user: str, request_id: str,
+    ) -> None:
+        """A removed host's name added again, with what it is now."""
+        if not self.removed:
+            raise Conflict(f"host {self.name} already exists")
+        self._added_again(uri=uri, vcpus=vcpus, memory_mb=memory_mb, disk_gb=disk_gb,
+                          user=user, request_id=request_id)
+
+    @event("HostAddedAgain")
+    def _added_again(
+        self, uri: str, vcpus: int, memory_mb: int, disk_gb: int, user: str, request_id: str,
+    ) -> None:
+        self.uri, self.vcpus, self.memory_mb, self.disk_gb = uri, vcpus, memory_mb, disk_gb
+        self.removed = False
 
     def release(self, instance_id: str, user: str, request_id: str) -> None:
         if instance_id in self.claims:
@@ -114,3 +150,11 @@ class HostCatalog(Aggregate):
     @event("HostRegistered")
     def _registered(self, name: str) -> None:
         self.names.append(name)
+
+    def unregister(self, name: str) -> None:
+        if name in self.names:
+            self._unregistered(name=name)
+
+    @event("HostUnregistered")
+    def _unregistered(self, name: str) -> None:
+        self.names.remove(name)

@@ -187,6 +187,17 @@ class Instance(Aggregate):
         # Delete is accepted in any state (lifecycle.md) and supersedes a plan in flight.
         self._begin("delete", "delete", s.DELETING, user, request_id)
 
+    def request_local_delete(self, host: str, reason: str, user: str, request_id: str) -> None:
+        """Nova's local delete, for `host remove --force`: delete, leaving on `host` what
+        is there (the claim is released by the caller, in the same transaction)."""
+        if self.vm_state == s.DELETED:
+            raise Conflict(f"Cannot 'delete' instance {self.id}: it is already deleted")
+        if self.task_state != s.DELETING:
+            self._delete_requested(user=user, request_id=request_id)
+        self.record_left_on_host(user=user, request_id=self.request_id or request_id,
+                                 host=host, step=plans.next_step(self) or plans.FINISH,
+                                 reason=reason)
+
     def _begin(self, action: str, plan: str, task_state: str, user: str, request_id: str) -> None:
         self.action, self.plan, self.task_state = action, plan, task_state
         self.user, self.request_id = user, request_id
@@ -244,6 +255,18 @@ class Instance(Aggregate):
         self.host = None
         self.destroyed = True
         self.power_state = s.NOSTATE
+
+    @event("LeftOnHost")
+    def record_left_on_host(
+        self, user: str, request_id: str, host: str, step: str, reason: str
+    ) -> None:
+        """A delete goes on without the host (unreachable, or removed): whatever the
+        instance has there (domain, disk, DHCP entry) is left for `reconcile`. `step` is
+        the step that could not reach it."""
+        self.host = self.network_host = None
+        self.destroyed = self.network_cleaned = True
+        self.power_state = s.NOSTATE
+        self.done_in_plan.append(plans.POWER_OFF)
 
     @event("ClaimReleased")
     def record_claim_released(self, user: str, request_id: str, host: str | None) -> None:

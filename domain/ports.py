@@ -18,6 +18,11 @@ class HypervisorError(Exception):
     """A hypervisor-side step failed; the message is what the operator sees."""
 
 
+class HostUnreachable(HypervisorError):
+    """The host's hypervisor can't be reached, or stopped answering, within the bounds
+    (connect timeout, keepalive): a delete then goes on without it (Nova's local delete)."""
+
+
 class ImageNotFound(HypervisorError):
     """The image a step needs is not in the image store."""
 

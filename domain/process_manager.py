@@ -30,7 +30,14 @@ from domain import states as s
 from domain.errors import NoRoom
 from domain.host import CATALOG_ID, Host, HostCatalog, host_id_for
 from domain.instance import Instance
-from domain.ports import DomainSpec, HostDrivers, HypervisorError, ImageNotFound, ImageStore
+from domain.ports import (
+    DomainSpec,
+    HostDrivers,
+    HostUnreachable,
+    HypervisorError,
+    ImageNotFound,
+    ImageStore,
+)
 from domain.registry import AddressBlock, NameIndex, address_block_id, block_of, name_index_id
 from domain.service import RecordConflict, Repository, find
 
@@ -56,6 +63,9 @@ CLAIM_ATTEMPTS = 10
 # at most a drive that finds nothing to do.
 RECORDED_KEPT = 10_000
 SERVICE_USER = "shelf"
+# The steps of a delete that a host which can't be reached is left out of (Nova's local
+# delete): what the instance has there is left for `reconcile`.
+LEFT_ON_HOST_STEPS = frozenset({plans.POWER_OFF, plans.CLEAN_NETWORK, plans.DESTROY})
 
 
 @dataclass(frozen=True)
@@ -243,7 +253,8 @@ class ProcessManager:
         except (HypervisorError, NoRoom) as error:
             log.warning("step.failed", error=str(error))
             self.record_unrecorded(instance)  # the steps before it did succeed
-            self.record_failure(instance, step, error)
+            if not self.delete_without_host(instance, step, host, error):
+                self.record_failure(instance, step, error)
             return
         if host is not None:
             self.note_step_seconds(host, step, time.monotonic() - started)
@@ -271,6 +282,27 @@ class ProcessManager:
             rollback_plan=rollback, final_vm_state=vm_state,
         )
         self._save(instance)
+
+    def delete_without_host(
+        self, failed: Instance, step: str, host: str | None, error: Exception
+    ) -> bool:
+        """Nova's local delete: a delete whose host can't be reached (within the connect
+        and keepalive bounds) goes on without it. False when this isn't such a case."""
+        if not (isinstance(error, HostUnreachable) and failed.plan == "delete"
+                and step in LEFT_ON_HOST_STEPS and host is not None):
+            return False
+        instance = find(self.repo, failed.id, Instance)
+        if instance is None or instance.next_step() != step:
+            return True  # another worker or request moved it on meanwhile
+        instance.record_left_on_host(
+            user=instance.user or SERVICE_USER, request_id=instance.request_id or "",
+            host=host, step=step,
+            reason=f"{error}; deleted without it: what is left there is for `shelf reconcile`",
+        )
+        self._save(instance)
+        self.log.warning("step.left_on_host", instance_id=str(instance.id), step=step,
+                         host=host)
+        return True
 
     def offload_if_due(self, instance: Instance) -> bool:
         """shelved_offload_time: offload a shelved instance once its time has come."""
@@ -456,7 +488,7 @@ class ProcessManager:
         """The asked-for host, else the one with the most free memory that fits (Nova)."""
         if instance.target_host is not None:
             host = find(self.repo, host_id_for(instance.target_host), Host)
-            if host is None:
+            if host is None or host.removed:
                 raise NoRoom(f"No valid host was found: no host named {instance.target_host}")
             return host
         need = (instance.vcpus, instance.memory_mb, instance.disk_gb)
@@ -470,7 +502,7 @@ class ProcessManager:
             if not served and unserved is not None:
                 continue
             fresh = find(self.repo, cached.id, Host)
-            if fresh is None:
+            if fresh is None or fresh.removed:
                 continue
             self._host_cache[fresh.name] = (time.monotonic(), fresh)
             if fresh.fits(*need):

@@ -66,7 +66,7 @@ def resolve_instance(repo: Repository, ref: str) -> Instance:
 
 def resolve_host(repo: Repository, name: str) -> Host:
     host = find(repo, host_id_for(name), Host)
-    if host is None:
+    if host is None or host.removed:
         raise NotFound(f"no such host: {name}")
     return host
 
@@ -86,11 +86,15 @@ class LifecycleService:
         self, name: str, uri: str, vcpus: int, memory_mb: int, disk_gb: int,
         user: str, request_id: str,
     ) -> Host:
-        if find(self.repo, host_id_for(name), Host) is not None:
+        host = find(self.repo, host_id_for(name), Host)
+        if host is not None and not host.removed:
             raise Conflict(f"host {name} already exists")
         _require_positive(vcpus=vcpus, memory_mb=memory_mb, disk_gb=disk_gb)
-        host = Host(name=name, uri=uri, vcpus=vcpus, memory_mb=memory_mb, disk_gb=disk_gb,
-                    user=user, request_id=request_id)
+        if host is None:
+            host = Host(name=name, uri=uri, vcpus=vcpus, memory_mb=memory_mb,
+                        disk_gb=disk_gb, user=user, request_id=request_id)
+        else:  # removed once: the name comes back on the same aggregate
+            host.add_again(uri, vcpus, memory_mb, disk_gb, user, request_id)
         catalog = find(self.repo, CATALOG_ID, HostCatalog) or HostCatalog()
         catalog.register(name)
         try:
@@ -178,4 +182,5 @@ def _require_positive(**values: int) -> None:
 def all_hosts(repo: Repository) -> list[Host]:
     catalog = find(repo, CATALOG_ID, HostCatalog)
     names = catalog.names if catalog else []
-    return [host for name in names if (host := find(repo, host_id_for(name), Host))]
+    return [host for name in names
+            if (host := find(repo, host_id_for(name), Host)) and not host.removed]

@@ -119,6 +119,8 @@ def _step_event(record: dict[str, Any], started: str | None) -> dict[str, Any] |
     name = record["event"]
     if name == "StepFailed":
         step, result, details = record["step"], "Error", record["error"]
+    elif name == "LeftOnHost":  # a delete that went on without its host
+        step, result, details = record["step"], "Skipped", record["reason"]
     elif name in STEP_OF_EVENT:
         step, result, details = STEP_OF_EVENT[name], "Success", None
     else:

@@ -35,6 +35,7 @@ class _HostSeen(NamedTuple):  # tuples: one is made per event replayed
     position: int
     at: str | None
     view: dict[str, Any]
+    removed: bool = False  # `host remove`: its row goes (its history stays)
 
 
 class _MemberSeen(NamedTuple):
@@ -75,7 +76,7 @@ class HostUsageProjection:
     def observe(self, change: Change) -> None:
         at, state = change.at, change.state
         if isinstance(state, Host):
-            self._seen.append(_HostSeen(change.position, at, host_view(state)))
+            self._seen.append(_HostSeen(change.position, at, host_view(state), state.removed))
         elif isinstance(state, Instance):
             host = state.host if state.vm_state != DELETED else None
             self._seen.append(_MemberSeen(change.position, at, change.aggregate_id, host,
@@ -84,9 +85,15 @@ class HostUsageProjection:
     def write(self, db: Database) -> None:
         history: list[tuple[Any, ...]] = []
         dirty_hosts: set[str] = set()
+        removed: set[str] = set()
         moved: dict[str, tuple[str, str] | None] = {}
         for seen in self._seen:
+            if isinstance(seen, _HostSeen) and seen.removed:
+                self._rows[seen.view["name"]] = None
+                removed.add(seen.view["name"])
+                continue
             if isinstance(seen, _HostSeen):
+                removed.discard(seen.view["name"])
                 touched = self._host_changed(db, seen)
             else:
                 touched = self._member_changed(db, seen, moved)
@@ -97,6 +104,7 @@ class HostUsageProjection:
                     history.append(self._values(row))
                     dirty_hosts.add(name)
         self._seen = []
+        db.delete_many("host_usage", ("name",), [(name,) for name in sorted(removed)])
         self._flush(db, dirty_hosts, moved, history)
 
     def _host_changed(self, db: Database, seen: _HostSeen) -> list[str]:

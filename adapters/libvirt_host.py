@@ -828,6 +828,14 @@ class LibvirtHosts:
                     self._drivers[host] = driver
             return driver
 
+    def forget(self, host: str) -> None:
+        """Close the host's connection, if one is open: its next use connects to the URI
+        the store has then (a removed host, or its name added again elsewhere)."""
+        with self._lock:
+            driver = self._drivers.pop(host, None)
+        if driver is not None:
+            driver.close()
+
     def close(self) -> None:
         with self._lock:
             for driver in self._drivers.values():

@@ -22,9 +22,15 @@ from eventsourcing.persistence import Notification
 from adapters.leases import InstanceLeases
 from adapters.serving import ServingLeases, projections_key, serving_key
 from application.bootstrap import Context
+from domain.host import Host
 from domain.process_manager import Failpoints, ProcessManager, Settings
+from domain.service import find
 
 INSTANCE_TOPIC = "domain.instance:Instance."
+# A host removed, or its name added again (perhaps with another URI): its open
+# connection is dropped, so the next step there connects to what the store says then.
+HOST_REPLACED_TOPICS = frozenset({"domain.host:Host.HostRemoved",
+                                  "domain.host:Host.HostAddedAgain"})
 POLL_SECONDS = 0.02  # a new request waits at most this long for a worker to see it
 TIMER_SECONDS = 1.0
 NOTIFICATION_BATCH = 1000
@@ -114,11 +120,21 @@ class Worker:
         )
         if notifications:
             self.position = notifications[-1].id
+            self._forget_replaced_hosts(notifications)
             self.submit(list(self._to_drive(notifications)))  # decoded outside the lock
         self.check_offload_timer()
         self.sweep_in_flight()
         self.retry_held_elsewhere()
         return len(notifications)
+
+    def _forget_replaced_hosts(self, notifications: Iterable[Notification]) -> None:
+        forget = getattr(self.ctx.hosts, "forget", None)
+        for notification in notifications:
+            if notification.topic in HOST_REPLACED_TOPICS and forget is not None:
+                host = find(self.ctx.repo, uuid.UUID(str(notification.originator_id)), Host)
+                if host is not None:
+                    self.log.info("serve.host_connection_dropped", host=host.name)
+                    forget(host.name)
 
     def _to_drive(self, notifications: Iterable[Notification]) -> Iterator[uuid.UUID]:
         """The instances a new event touched, except where this process's own drive

@@ -220,6 +220,7 @@ def test_host_remove_force_deletes_its_instances_locally(
     again = h.ok("boot", "web2", "--host", "lab", "--vcpus", "1", "--memory-mb", "256",
                  "--disk-gb", "1", "--wait").out.split()[0]
     assert h.show(again)["status"] == "ACTIVE"
+    assert h.driver("lab").uri == f"test://{node}"  # serve dropped the old connection
 
 
 def test_a_host_that_stops_answering_fails_a_step_within_keepalive(

@@ -186,6 +186,10 @@ def test_delete_on_a_host_that_never_answers_completes_without_it(
     assert [(e["event"], e["host"]) for e in skipped] == [("CleanNetwork", "mute")]
     assert "shelf reconcile" in skipped[0]["details"]
 
+    reconciled = h.shelf("reconcile", "--json")  # bounded too: the host is reported
+    assert reconciled.code == 1
+    assert [row["kind"] for row in reconciled.json()] == ["unreachable-host"]
+
     h.ok("host", "remove", "mute")  # no claims left
     assert "mute" not in h.hosts()
 

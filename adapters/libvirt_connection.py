@@ -115,7 +115,7 @@ def open_connection(uri: str, bounds: ConnectionBounds) -> libvirt.virConnect:
             f"connect to {uri}: no answer within {bounds.connect_timeout:g} s "
             f"({CONNECT_TIMEOUT_ENV})")
     if attempt.error is not None:
-        if is_unreachable(attempt.error):
+        if isinstance(attempt.error, libvirt.libvirtError) and is_unreachable(attempt.error):
             message = f"connect to {uri}: {one_line(attempt.error)}"
             raise HostUnreachable(message) from attempt.error
         raise attempt.error
@@ -131,7 +131,7 @@ class _Attempt:
         self.uri = uri
         self.finished = threading.Event()
         self.connection: libvirt.virConnect | None = None
-        self.error: libvirt.libvirtError | None = None
+        self.error: Exception | None = None
         self._lock = threading.Lock()
         self._abandoned = False
         threading.Thread(target=self._open, name="libvirt-connect", daemon=True).start()
@@ -139,7 +139,7 @@ class _Attempt:
     def _open(self) -> None:
         try:
             connection = libvirt.open(self.uri)
-        except libvirt.libvirtError as exc:
+        except Exception as exc:  # any: a thread that dies unheard would read as a silent host
             self.error = exc
             connection = None
         with self._lock:

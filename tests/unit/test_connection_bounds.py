@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.libvirt_connection import ConnectionBounds
+from adapters.libvirt_connection import ConnectionBounds, open_connection
 from domain.errors import UsageError
 
 
@@ -27,3 +27,12 @@ def test_defaults_and_environment() -> None:
 def test_out_of_range_is_a_usage_error(env: dict[str, str]) -> None:
     with pytest.raises(UsageError):
         ConnectionBounds.from_env(env)
+
+
+def test_an_open_that_raises_outside_libvirt_is_its_error_not_a_silent_host() -> None:
+    """A URI libvirt-python can't even encode (a non-UTF-8 byte from the command line) made
+    the connect thread die with a traceback, and the caller wait out the whole timeout and
+    blame the host; the caller gets the open's own error at once."""
+    bounds = ConnectionBounds(connect_timeout=60)
+    with pytest.raises(UnicodeEncodeError):
+        open_connection("test:///tmp/\udcff.xml", bounds)

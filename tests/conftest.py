@@ -153,6 +153,16 @@ class Harness:
         data: dict[str, Any] = self.ok("show", ref, "--json").json()
         return data
 
+    def settled(self, ref: str, vm_state: str) -> dict[str, Any]:
+        """The instance once it is in `vm_state` (a request made without --wait, whose
+        drive may not have started yet); fails after 60 s."""
+        deadline = time.monotonic() + 60
+        while (shown := self.show(ref))["vm_state"] != vm_state and (
+                time.monotonic() < deadline):
+            time.sleep(0.05)
+        assert shown["vm_state"] == vm_state, shown
+        return shown
+
     def hosts(self) -> dict[str, dict[str, Any]]:
         return {row["name"]: row for row in self.ok("host", "list", "--json").json()}
 

@@ -31,16 +31,6 @@ from tests.conftest import Harness, node_xml
 WAIT = ("--wait", "--timeout", "60")
 
 
-def _settled(h: Harness, name: str, vm_state: str) -> dict[str, Any]:
-    """The instance once it is in `vm_state` (a request made without --wait); fails after
-    60 s."""
-    deadline = time.monotonic() + 60
-    while (shown := h.show(name))["vm_state"] != vm_state and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert shown["vm_state"] == vm_state, shown
-    return shown
-
-
 class Serve:
     """A worker thread owning `hosts`, with test-driver connections of its own."""
 
@@ -117,7 +107,7 @@ def test_placement_skips_a_host_no_serve_performs_steps_on(
         h.ok("unshelve", "large")
         big = Serve(store_url, tmp_path / "data", frozenset({"big"}))
         try:
-            assert _settled(h, "large", "active")["host"] == "big"
+            assert h.settled("large", "active")["host"] == "big"
             h.ok("shelve", "vm", *WAIT)
             h.ok("unshelve", "vm", *WAIT)  # now served: the freest host wins again
             shown = h.show("vm")
@@ -174,7 +164,7 @@ def test_an_instance_held_by_another_serve_is_tried_again_soon(
             h.ok("stop", "vm")
             time.sleep(0.5)  # long enough for the worker to try, and find it held
             assert h.show("vm")["vm_state"] == "active"
-        _settled(h, "vm", "stopped")
+        h.settled("vm", "stopped")
     finally:
         other.close()
 

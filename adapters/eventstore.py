@@ -30,8 +30,9 @@ from adapters import sqlite_writer
 from adapters.folding import apply_event
 from adapters.group_commit import GroupCommit
 from adapters.logs import get_logger
+from adapters.poison import fault_reason, is_event_fault
 from adapters.transcoding import FastJSONTranscoder
-from domain.errors import UsageError
+from domain.errors import Unreadable, UsageError
 from domain.host import Host
 from domain.identity import Directory, LoginRecord, Revocations, User
 from domain.instance import Instance
@@ -240,6 +241,10 @@ class EventStoreRepository:
             return self.app.repository.get(aggregate_id)
         except AggregateNotFoundError:
             raise KeyError(aggregate_id) from None
+        except Exception as error:
+            if is_event_fault(error):  # one of its events: loading it again won't help
+                raise Unreadable(aggregate_id, fault_reason(error)) from error
+            raise
 
     def save(self, *aggregates: Any) -> None:
         """What `Application.save` does, with the events written by the group commit.

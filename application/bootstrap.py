@@ -58,6 +58,8 @@ class Context:
         # Set by an entrypoint that shows a long catch-up to a person (the CLI on a tty).
         self.catch_up_progress: Callable[[int, int], None] | None = None
         self.connect_timeout: float | None = None  # `--connect-timeout`, else the environment's
+        # Told, once, how many events the projections have quarantined (if any).
+        self.on_quarantined: Callable[[int], None] | None = None
 
     @cached_property
     def app(self) -> ShelfApplication:
@@ -84,6 +86,9 @@ class Context:
     def catch_up(self) -> None:
         """Bring the projections up to date before reading them (`serve` usually has)."""
         self.projector.catch_up(progress=self.catch_up_progress)
+        told, self.on_quarantined = self.on_quarantined, None
+        if told is not None and (count := len(self.projector.quarantined())):
+            told(count)
 
     @cached_property
     def images(self) -> DirectoryImageStore:

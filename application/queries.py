@@ -31,7 +31,9 @@ def show_instance(ctx: Context, instance: str, as_of: str | None = None) -> dict
     ctx.catch_up()
     if as_of is not None:
         return _instance_as_of(ctx, found, as_of)
-    return read.instance(ctx.db, str(found.id)) or instance_view(found)
+    row = read.instance(ctx.db, str(found.id))
+    # Behind the instance's own events when one of them was quarantined.
+    return row if row and row["version"] >= found.version else instance_view(found)
 
 
 def _instance_as_of(ctx: Context, found: Instance, moment: str) -> dict[str, Any]:
@@ -100,6 +102,9 @@ def images(ctx: Context) -> list[dict[str, Any]]:
 
 
 def projections_status(ctx: Context) -> list[dict[str, Any]]:
-    """Each projection's position, the store's head and the lag between them."""
-    return [{"name": s.name, "position": s.position, "head": s.head, "lag": s.lag}
+    """Each projection's position, the store's head, the lag between them, and the events
+    it quarantined (projections/quarantine.py)."""
+    quarantined = [vars(entry) for entry in ctx.projector.quarantined()]
+    return [{"name": s.name, "position": s.position, "head": s.head, "lag": s.lag,
+             "quarantined": [q for q in quarantined if q["projection"] == s.name]}
             for s in ctx.projector.status()]

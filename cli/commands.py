@@ -26,6 +26,7 @@ HOST_COLUMNS = ("name", "uri", "vcpus", "vcpus_used", "memory_mb", "memory_mb_us
 AUDIT_COLUMNS = ("position", "start_time", "action", "instance_name", "host", "user",
                  "result", "finish_time", "request_id", "message")
 IMAGE_COLUMNS = ("id", "name", "format", "virtual_size", "size", "created_at")
+QUARANTINE_COLUMNS = ("position", "projection", "aggregate_id", "version", "reason")
 
 
 def caller(ctx: Context) -> Caller:
@@ -151,7 +152,18 @@ def projections_rebuild(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def projections_status(ctx: Context, args: argparse.Namespace) -> int:
-    _print(queries.projections_status(ctx), ("name", "position", "head", "lag"), args.json)
+    rows = queries.projections_status(ctx)
+    if args.json:
+        render.print_json(rows)
+        return 0
+    render.print_table([row | {"quarantined": len(row["quarantined"])} for row in rows],
+                       ("name", "position", "head", "lag", "quarantined"))
+    quarantined = [entry for row in rows for entry in row["quarantined"]]
+    if quarantined:
+        print("\nquarantined events (stepped past; they stay in the store, "
+              "a rebuild tries them again):")
+        render.print_table(sorted(quarantined, key=lambda q: q["position"]),
+                           QUARANTINE_COLUMNS)
     return 0
 
 

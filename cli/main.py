@@ -225,6 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         ctx = Context(args.store, args.user)  # a bad --store is a usage error, too
         ctx.catch_up_progress = render.progress("catching up the projections")
+        ctx.on_quarantined = render.quarantined_note
         func: Command = args.func
         return func(ctx, args)
     except ShelfError as error:

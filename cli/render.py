@@ -69,6 +69,11 @@ def note(message: str) -> None:
     print(f"shelf: {message}", file=sys.stderr)
 
 
+def quarantined_note(count: int) -> None:
+    note(f"{count} stored event(s) could not be projected and are left out (quarantined): "
+         "see `shelf projections status`")
+
+
 def progress(doing: str) -> Callable[[int, int], None] | None:
     """A line on stderr, rewritten after each batch, when a person is watching; else none."""
     if not sys.stderr.isatty():

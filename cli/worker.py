@@ -22,6 +22,7 @@ from eventsourcing.persistence import Notification
 from adapters.leases import InstanceLeases
 from adapters.serving import ServingLeases, projections_key, serving_key
 from application.bootstrap import Context
+from domain.errors import Unreadable
 from domain.host import Host
 from domain.process_manager import Failpoints, ProcessManager, Settings
 from domain.service import find
@@ -66,6 +67,8 @@ class Worker:
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="drive")
         self.running: dict[uuid.UUID, Future[None]] = {}
         self.again: set[uuid.UUID] = set()  # touched again while being driven
+        # Instances whose events can't be read: skipped until this serve restarts.
+        self.unreadable: set[uuid.UUID] = set()
         # held by another serve: (when to try again, the wait after that)
         self.held_retries: dict[uuid.UUID, tuple[float, float]] = {}
         self.lock = threading.Lock()
@@ -95,6 +98,10 @@ class Worker:
         if in_flight and force:
             self.log.info("serve.resuming", instances=len(in_flight))
         self.submit(uuid.UUID(row["id"]) for row in in_flight)
+        # One with an event the projection quarantined has a stale row, or none: its own
+        # events say whether it has a task in flight.
+        self.submit(uuid.UUID(entry.aggregate_id) for entry in self.ctx.projector.quarantined()
+                    if entry.topic.startswith(INSTANCE_TOPIC))
 
     def hold_serving_leases(self) -> None:
         """Say which hosts this serve performs the steps on, for as long as it runs (taken
@@ -181,6 +188,8 @@ class Worker:
     def submit(self, instance_ids: Iterable[uuid.UUID]) -> None:
         with self.lock:
             for instance_id in dict.fromkeys(instance_ids):
+                if instance_id in self.unreadable:
+                    continue
                 if instance_id in self.running:
                     self.again.add(instance_id)
                     continue
@@ -208,6 +217,8 @@ class Worker:
                     self._note_held(instance_id, held)
                     if held:  # else another serve drives it: tried again soon
                         self.pm.drive(instance_id)
+            except Unreadable as error:
+                self._set_aside(instance_id, error)
             except Exception:  # one instance's bug must not stop the others
                 self.log.exception("drive.crashed", instance_id=str(instance_id))
             with self.lock:
@@ -215,6 +226,16 @@ class Worker:
                     del self.running[instance_id]
                     return
                 self.again.discard(instance_id)
+
+    def _set_aside(self, instance_id: uuid.UUID, error: Unreadable) -> None:
+        """An instance whose own events can't be read is skipped from now on, with one
+        logged error (driving it again would fail the same way); the rest go on."""
+        if error.aggregate_id != instance_id:  # another aggregate's: not this one's fault
+            self.log.error("drive.failed", instance_id=str(instance_id), error=str(error))
+            return
+        with self.lock:
+            self.unreadable.add(instance_id)
+        self.log.error("drive.unreadable", instance_id=str(instance_id), error=error.reason)
 
     def busy(self) -> bool:
         with self.lock:

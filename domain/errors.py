@@ -31,3 +31,16 @@ class NoRoom(ShelfError):
     """No host has the vcpus, memory or disk the instance needs."""
 
     exit_code = 1
+
+
+class Unreadable(ShelfError):
+    """An aggregate whose stored events can't be decoded or folded: its events stay in
+    the store, and the rest of the store goes on being read and served without it."""
+
+    exit_code = 1
+
+    def __init__(self, aggregate_id: object, reason: str) -> None:
+        super().__init__(f"{aggregate_id} can't be read from the store ({reason}); "
+                         f"its events stay recorded, see `shelf projections status`")
+        self.aggregate_id = aggregate_id
+        self.reason = reason

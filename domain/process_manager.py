@@ -27,7 +27,7 @@ import structlog
 
 from domain import plans
 from domain import states as s
-from domain.errors import NoRoom
+from domain.errors import NoRoom, Unreadable
 from domain.host import CATALOG_ID, Host, HostCatalog, host_id_for
 from domain.instance import Instance
 from domain.ports import (
@@ -487,7 +487,7 @@ class ProcessManager:
     def _choose_host(self, instance: Instance) -> Host:
         """The asked-for host, else the one with the most free memory that fits (Nova)."""
         if instance.target_host is not None:
-            host = find(self.repo, host_id_for(instance.target_host), Host)
+            host = self._placeable(host_id_for(instance.target_host))
             if host is None or host.removed:
                 raise NoRoom(f"No valid host was found: no host named {instance.target_host}")
             return host
@@ -501,7 +501,7 @@ class ProcessManager:
             served = self.served is None or self.served(cached.name)
             if not served and unserved is not None:
                 continue
-            fresh = find(self.repo, cached.id, Host)
+            fresh = self._placeable(cached.id)
             if fresh is None or fresh.removed:
                 continue
             self._host_cache[fresh.name] = (time.monotonic(), fresh)
@@ -518,6 +518,15 @@ class ProcessManager:
             f"for {need[0]} vcpus, {need[1]} MB and {need[2]} GB."
         )
 
+    def _placeable(self, host_id: uuid.UUID) -> Host | None:
+        """The host, None if there is none or its events can't be read: such a host is
+        left out of placement (and logged), rather than fail every claim on any host."""
+        try:
+            return find(self.repo, host_id, Host)
+        except Unreadable as error:
+            self.log.error("host.unreadable", host_id=str(host_id), error=error.reason)
+            return None
+
     def _known_hosts(self) -> list[Host]:
         """Every host as this worker last saw it; views older than HOST_VIEW_SECONDS are
         reloaded, so what other workers claimed or released shows up soon."""
@@ -527,7 +536,7 @@ class ProcessManager:
         for name in names:
             seen = self._host_cache.get(name)
             if seen is None or now - seen[0] > HOST_VIEW_SECONDS:
-                host = find(self.repo, host_id_for(name), Host)
+                host = self._placeable(host_id_for(name))
                 if host is not None:
                     self._host_cache[name] = (now, host)
         return [self._host_cache[name][1] for name in names if name in self._host_cache]

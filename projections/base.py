@@ -9,6 +9,7 @@ position can never disagree.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol, TypeGuard
 
@@ -69,3 +70,9 @@ def is_utc_text(text: str | None) -> TypeGuard[str]:
     with microseconds that way): then it need not be parsed and formatted again."""
     return (text is not None and len(text) == 32 and text[10] == "T" and text[19] == "."
             and text.endswith("+00:00"))
+
+
+def topics_of(group: Iterable[Projection]) -> tuple[str, ...]:
+    """The topic prefixes of the events of the aggregates the group folds."""
+    return tuple(dict.fromkeys(f"{cls.__module__}:{cls.__qualname__}."
+                               for projection in group for cls in projection.folds))

@@ -64,6 +64,23 @@ class Database:
             with conn.transaction():
                 yield self
 
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Inside `transaction()`: the statements inside are undone alone if they fail."""
+        conn = self._connect()
+        if self.backend == "postgres":
+            with conn.transaction():  # nested: psycopg makes it a savepoint
+                yield
+            return
+        conn.execute("SAVEPOINT shelf_savepoint")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK TO shelf_savepoint")
+            raise
+        finally:
+            conn.execute("RELEASE shelf_savepoint")
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self._connect().execute(self._sql(sql), params)
 

@@ -20,6 +20,7 @@ from typing import Any
 from eventsourcing.persistence import Mapper, Notification
 from eventsourcing.utils import resolve_topic
 
+from adapters.poison import is_event_fault
 from projections.db import Database
 
 # The tables eventsourcing's recorders keep the events in (the application is "shelf").
@@ -51,13 +52,21 @@ class EventReader:
         bytes."""
         if not self._select:
             self._select = self._make_select()
-        return self.db.rows(self._select, (after, limit))
+        try:
+            return self.db.rows(self._select, (after, limit))
+        except Exception as error:
+            bytes_select = self._make_select(as_text=False)
+            if self._select == bytes_select or not is_event_fault(error):
+                raise
+            # A state that isn't UTF-8 (a poison event) fails the whole text read: this
+            # batch as bytes, and that event's decoding fails alone.
+            return self.db.rows(bytes_select, (after, limit))
 
-    def _make_select(self) -> str:
+    def _make_select(self, as_text: bool = True) -> str:
         """Stored JSON is UTF-8: read it as text, unless a cipher or compressor made it
         bytes, or the database's own encoding is not UTF-8 (text would be converted to it,
         and fail on characters it lacks)."""
-        as_text = self._simple and (self.db.backend != "postgres" or self.db.query(
+        as_text = as_text and self._simple and (self.db.backend != "postgres" or self.db.query(
             "SHOW server_encoding")[0]["server_encoding"] == "UTF8")
         columns = _COLUMNS[self.db.backend].format(
             state="convert_from(state, 'UTF8')" if as_text else "state")

@@ -19,16 +19,20 @@ from eventsourcing.application import Application
 
 from adapters.eventstore import SCHEMA_LOCK_KEY, project_events
 from adapters.folding import apply_event
+from adapters.logs import get_logger
+from adapters.poison import is_event_fault
 from domain.errors import ShelfError, UsageError
 from domain.host import Host
 from domain.instance import Instance
+from projections import quarantine
 from projections.audit_log import AuditProjection
-from projections.base import Change, Projection, is_utc_text, utc_text
+from projections.base import Change, Projection, is_utc_text, topics_of, utc_text
 from projections.db import Database
 from projections.instances import InstancesProjection
 from projections.reading import EventReader
 from projections.usage import HostUsageProjection
 
+_log = get_logger("shelf.projections")
 BATCH = 1000
 # Held by a rebuild on PostgreSQL (an advisory lock, like SCHEMA_LOCK_KEY).
 REBUILD_LOCK_KEY = SCHEMA_LOCK_KEY + 1
@@ -81,6 +85,7 @@ class ProjectionRunner:
         self._indexes_deferred = False  # a replay builds them at its end
         self.replaying = False  # this runner is (part of) a rebuild: it holds the lock
         self.reader = EventReader(db, app.mapper)
+        self.one_by_one = quarantine.OneByOne(db, self._change, self._drop_aggregate)
 
     # ---- schema and positions ---------------------------------------------------------
 
@@ -93,6 +98,7 @@ class ProjectionRunner:
         with self.db.transaction():
             self._lock_schema()
             self.db.execute(TRACKING_SCHEMA)
+            self.db.execute(quarantine.SCHEMA)
             existing = self._index_names_present()
             for projection in self.projections:
                 for statement in projection.schema:
@@ -184,6 +190,11 @@ class ProjectionRunner:
         head = self.app.recorder.max_notification_id() or 0
         return [Status(name, position, head) for name, position in self.positions().items()]
 
+    def quarantined(self) -> list[quarantine.Quarantined]:
+        """The events the projections stepped past, oldest first (projections/quarantine)."""
+        self.ensure_schema()
+        return quarantine.listed(self.db)
+
     # ---- catching up ------------------------------------------------------------------
 
     def catch_up(self, batch: int = BATCH, progress: Progress | None = None) -> int:
@@ -218,24 +229,68 @@ class ProjectionRunner:
         for projection in group:
             if self._written.get(projection.name) != start:  # caches from another basis
                 projection.forget(empty=start == 0)
+        end = rows[-1][0]
+        skipped: list[tuple[Any, ...]] = []
         try:
-            for change in self._changes(rows, _topics_of(group)):
+            for change in self._changes(rows, topics_of(group), skipped):
                 for projection in group:
                     projection.observe(change)
-            end = rows[-1][0]
-            with self.db.transaction():
-                if self._locked_positions(group) != {p.name: start for p in group}:
-                    raise _Moved
-                for projection in group:
-                    projection.write(self.db)
-                self.failpoint.hit("projection:batch")
-                self.db.executemany("UPDATE projection_tracking SET position = ? WHERE name = ?",
-                                    [(end, p.name) for p in group])
+            self._commit(group, start, end, lambda: self._write_all(group, skipped))
         except BaseException as error:
-            for projection in group:
-                projection.forget()
-                self._written.pop(projection.name, None)
+            self._forget(group)
             if isinstance(error, _Moved):  # another process applied it: read again
+                return False
+            if not is_event_fault(error):
+                raise
+            return self._apply_one_by_one(group, start, rows)
+        self._written.update((p.name, end) for p in group)
+        return True
+
+    def _write_all(self, group: list[Projection],
+                   skipped: list[tuple[Any, ...]]) -> list[quarantine.Quarantined]:
+        for projection in group:
+            projection.write(self.db)
+        return [entry for row in skipped for entry in self.one_by_one.apply(group, row)]
+
+    def _commit(self, group: list[Projection], start: int, end: int,
+                write: Callable[[], list[quarantine.Quarantined]]) -> None:
+        """`write` the rows (it returns what it quarantined) and move the positions to
+        `end`, in one transaction, unless another process moved them from `start`."""
+        with self.db.transaction():
+            if self._locked_positions(group) != {p.name: start for p in group}:
+                raise _Moved
+            quarantined = write()
+            quarantine.record(self.db, quarantined)
+            self.failpoint.hit("projection:batch")
+            self.db.executemany("UPDATE projection_tracking SET position = ? WHERE name = ?",
+                                [(end, p.name) for p in group])
+        for entry in quarantined:
+            _log.info("projection.quarantined", projection=entry.projection,
+                      position=entry.position, aggregate_id=entry.aggregate_id,
+                      version=entry.version, reason=entry.reason)
+
+    def _forget(self, group: list[Projection]) -> None:
+        for projection in group:
+            projection.forget()
+            self._written.pop(projection.name, None)
+
+    def _apply_one_by_one(self, group: list[Projection], start: int,
+                          rows: Sequence[tuple[Any, ...]]) -> bool:
+        """The batch failed on some event's own fault: apply it again event by event, each
+        projection's write in a savepoint, and quarantine what fails. (Only then: the
+        common path writes a batch in one go.)"""
+        for row in rows:  # the failed try folded these: fold them again from the store
+            self._drop_aggregate(row[1])
+
+        def write() -> list[quarantine.Quarantined]:
+            return [entry for row in rows for entry in self.one_by_one.apply(group, row)]
+
+        end = rows[-1][0]
+        try:
+            self._commit(group, start, end, write)
+        except BaseException as error:
+            self._forget(group)
+            if isinstance(error, _Moved):
                 return False
             raise
         self._written.update((p.name, end) for p in group)
@@ -249,17 +304,29 @@ class ProjectionRunner:
             f"WHERE name IN ({', '.join('?' * len(names))}){lock}", names)
         return {row["name"]: int(row["position"]) for row in rows}
 
-    def _changes(self, rows: Sequence[tuple[Any, ...]],
-                 topics: tuple[str, ...]) -> Iterable[Change]:
+    def _changes(self, rows: Sequence[tuple[Any, ...]], topics: tuple[str, ...],
+                 skipped: list[tuple[Any, ...]]) -> Iterable[Change]:
+        """The changes of the rows the projections fold (names, addresses, the host
+        catalog, ...: none of them reads those); the rows of an unfoldable aggregate go
+        to `skipped`."""
+        unfoldable = self.one_by_one.unfoldable
         for row in rows:
-            if not row[3].startswith(topics):
-                continue  # names, addresses, the host catalog, ...: none of these reads them
-            event, stored_time = self.reader.decode(row)
-            at = stored_time if is_utc_text(stored_time) else str(utc_text(event.timestamp))
-            previous_at, state = self._fold(event)
-            self._last_at[event.originator_id] = at
-            aggregate_id = row[1] if self.reader.ids_are_text else str(event.originator_id)
-            yield Change(row[0], event, state, aggregate_id, at, previous_at)
+            if row[3].startswith(topics):
+                if unfoldable and row[1] in unfoldable:
+                    skipped.append(row)
+                else:
+                    yield self._change(row)
+
+    def _change(self, row: tuple[Any, ...]) -> Change:
+        event, stored_time = self.reader.decode(row)
+        at = stored_time if is_utc_text(stored_time) else str(utc_text(event.timestamp))
+        previous_at, state = self._fold(event)
+        self._last_at[event.originator_id] = at
+        aggregate_id = row[1] if self.reader.ids_are_text else str(event.originator_id)
+        return Change(row[0], event, state, aggregate_id, at, previous_at)
+
+    def _drop_aggregate(self, stored_id: Any) -> None:
+        self._aggregates.pop(quarantine.uuid_of(stored_id), None)
 
     def _fold(self, event: Any) -> tuple[str | None, Any]:
         """(when the aggregate was last changed before `event`, the aggregate after it)."""
@@ -341,6 +408,7 @@ class ProjectionRunner:
             # Lock the tracking rows first, as a batch does: a batch being written now
             # commits before these statements run, so they see and remove its rows too.
             self._locked_positions(chosen)
+            quarantine.forget(self.db, [p.name for p in chosen])
             for projection in chosen:
                 for table in projection.tables:
                     self.db.execute(f"TRUNCATE {table}" if postgres else f"DELETE FROM {table}")
@@ -356,6 +424,7 @@ class ProjectionRunner:
             projection.forget(empty=True)
             self._written[projection.name] = 0
         self._aggregates.clear()
+        self.one_by_one.unfoldable.clear()  # a fix may have made them readable
         self._last_at.clear()
         with self._indexes_built_after(), self._commits_not_awaited(), _collector_paused():
             return self.catch_up(batch=REBUILD_BATCH, progress=progress)
@@ -471,12 +540,6 @@ def _index_columns(statement: str) -> list[str]:
 def _word_after(statement: str, word: str) -> str:
     words = statement.split()
     return words[words.index(word) + 1]
-
-
-def _topics_of(group: Iterable[Projection]) -> tuple[str, ...]:
-    """The topic prefixes of the events of the aggregates the group folds."""
-    return tuple(dict.fromkeys(f"{cls.__module__}:{cls.__qualname__}."
-                               for projection in group for cls in projection.folds))
 
 
 class _Moved(Exception):

@@ -150,3 +150,25 @@ def test_rebuild_finishes_and_keeps_the_quarantine_record(harness_factory: Any) 
                                             harness.ok("list", "--json").json()}
     assert ids["huge"] not in {row["id"] for row in harness.ok("list", "--json").json()}
     assert harness.ok("host", "list", "--json").json()[0]["name"] == "h1"
+
+
+def test_a_failing_store_quarantines_nothing(harness_factory: Any,
+                                             monkeypatch: Any) -> None:
+    """A batch that fails for a reason of the store's (here the `projection:batch`
+    failpoint, which fails inside the batch's transaction) is retried, not quarantined,
+    even when the batch also holds a poison event."""
+    harness = harness_factory(start=False)
+    harness.add_host("h1")
+    poisoned(harness)
+    monkeypatch.setenv("SHELF_FAILPOINTS", "projection:batch=error")
+    failed = harness.shelf("list")
+    assert failed.code == 1 and "injected an error" in failed.err
+    assert quarantined_rows(harness) == 0
+    monkeypatch.delenv("SHELF_FAILPOINTS")
+    harness.ok("list")
+    assert quarantined_rows(harness) > 0
+
+
+def quarantined_rows(harness: Harness) -> int:
+    status = harness.ok("projections", "status", "--json").json()
+    return sum(len(projection["quarantined"]) for projection in status)

@@ -252,8 +252,10 @@ class LoginRecord(Aggregate):
         self.failures = 0
 
     def failed(self, method: str, remote: str, at: datetime, request_id: str) -> None:
-        self._login_failed(method=method, remote=remote, at=at, request_id=request_id)
+        self._login_failed(method=method, remote=remote, at=at, request_id=request_id,
+                           name=self.name)
 
     @event("LoginFailed")
-    def _login_failed(self, method: str, remote: str, at: datetime, request_id: str) -> None:
+    def _login_failed(self, method: str, remote: str, at: datetime, request_id: str,
+                      name: str = "") -> None:  # the name tried, also in each event
         self.failures += 1

@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 
 from adapters.eventstore import parse_store_url
+from domain.host import host_id_for
 from tests.conftest import Harness
 
 WAIT = ("--wait", "--timeout", "60")
@@ -46,6 +47,11 @@ class RawStore:
             "WHERE originator_id = %s AND originator_version = %s",
             (self._id(aggregate_id), version))
         return topic, bytes(state)
+
+    def last_version(self, aggregate_id: str) -> int:
+        (version,), = self._sql("SELECT max(originator_version) FROM shelf_events "
+                                "WHERE originator_id = %s", (self._id(aggregate_id),))
+        return int(version)
 
     def insert(self, aggregate_id: str, version: int, topic: str, state: bytes) -> None:
         self._sql("INSERT INTO shelf_events (originator_id, originator_version, topic, state) "
@@ -172,3 +178,19 @@ def test_a_failing_store_quarantines_nothing(harness_factory: Any,
 def quarantined_rows(harness: Harness) -> int:
     status = harness.ok("projections", "status", "--json").json()
     return sum(len(projection["quarantined"]) for projection in status)
+
+
+def test_a_host_that_cant_be_read_is_left_out_of_placement(harness_factory: Any) -> None:
+    harness = harness_factory()
+    harness.add_host("h1", memory_mb=4096)
+    harness.add_host("h2", memory_mb=8192)  # the one with the most free memory
+    raw = RawStore(harness.store)
+    h2 = str(host_id_for("h2"))
+    topic, _ = raw.event(h2, 1)
+    raw.insert(h2, raw.last_version(h2) + 1, topic, GARBAGE)
+    harness.ok("boot", "web", "--host", "h1", "--vcpus", "1", "--memory-mb", "128",
+               "--disk-gb", "1", *WAIT)
+    harness.ok("shelve", "web", *WAIT)
+    harness.ok("unshelve", "web", *WAIT)  # placed by free memory, among readable hosts
+    assert (harness.show("web")["status"], harness.show("web")["host"]) == ("ACTIVE", "h1")
+    assert "h1" in harness.hosts()

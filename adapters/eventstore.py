@@ -40,6 +40,7 @@ from domain.registry import AddressBlock
 from domain.service import RecordConflict
 
 DEFAULT_STORE = "sqlite:///./shelf.db"
+PG_CONNECT_TIMEOUT = 10  # seconds a PostgreSQL server may take to answer a new connection
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,11 @@ class StoreURL:
         return self.url.replace(f":{self.pg_password}@", ":***@") if self.pg_password else self.url
 
     def psycopg_conninfo(self) -> str:
+        # A server that accepts the connection and never answers must not hang a command:
+        # the same bound as the event store's own connections (POSTGRES_CONNECT_TIMEOUT).
         parts = {"dbname": self.pg_dbname, "host": self.pg_host, "port": str(self.pg_port),
-                 "user": self.pg_user, "password": self.pg_password}
+                 "user": self.pg_user, "password": self.pg_password,
+                 "connect_timeout": str(PG_CONNECT_TIMEOUT)}
         return " ".join(f"{key}={value}" for key, value in parts.items() if value)
 
 
@@ -112,7 +116,7 @@ def environment_for(store: StoreURL) -> dict[str, str]:
         # No ping before each use (a round trip per statement): a connection broken by a
         # server restart fails once, is dropped by the pool and the recorder retries
         # (tests/integration/test_database_loss.py restarts PostgreSQL under a worker).
-        "POSTGRES_CONNECT_TIMEOUT": "10", "POSTGRES_PRE_PING": "n",
+        "POSTGRES_CONNECT_TIMEOUT": str(PG_CONNECT_TIMEOUT), "POSTGRES_PRE_PING": "n",
     }
     if store.pg_schema:
         env["POSTGRES_SCHEMA"] = store.pg_schema

@@ -3,7 +3,7 @@
 
 Every query first catches the projections up (one indexed query when nothing is new), so
 a read never misses what was recorded before it. Moments are ISO 8601 text in UTC, as
-`cli.times.parse_time` makes them. Each returns plain dicts.
+`application.times.parse_time` makes them. Each returns plain dicts.
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ from adapters.logs import batched_log_lines
 from application import lifecycle, maintenance, queries
 from application.bootstrap import Context
 from application.identity import Caller
+from application.times import parse_time
 from application.waiting import wait_for_idle
 from cli import render
-from cli.times import parse_time
 
 INSTANCE_COLUMNS = ("id", "name", "status", "task_state", "power_state", "host")
 HOST_COLUMNS = ("name", "uri", "vcpus", "vcpus_used", "memory_mb", "memory_mb_used",

@@ -1,7 +1,8 @@
 """`shelf`: the entrypoint. Parse, call, print; every error is one line and an exit code.
 
-Exit codes: 0 ok, 1 operation failed, 2 usage error, 3 no such instance/host,
-4 conflict (refused in this state, or lost a race), 5 timed out waiting.
+Exit codes: 0 ok, 1 operation failed, 2 usage error or a value out of range,
+3 no such instance/host/image/file/store, 4 conflict (refused in this state, or lost a
+race), 5 timed out waiting, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from typing import NoReturn
 
 from adapters.logs import configure_logging
 from application.bootstrap import Context
-from cli import commands, render
+from application.store import require_existing_store
+from cli import commands, edges, render
+from cli.checks import check_arguments, command_of
 from cli.identity import add_user_commands
 from domain.errors import ShelfError
 
@@ -214,6 +218,21 @@ def _glue_relative_times(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; Ctrl-C and a closed stdout end it quietly (cli/edges.py)."""
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not as a warning at exit
+        return code
+    except KeyboardInterrupt:
+        return _fail(edges.INTERRUPTED, "interrupted")
+    except BrokenPipeError as error:
+        if edges.stdout_closed():
+            edges.silence_stdout()
+            return 0
+        return _fail(1, f"{type(error).__name__}: {error}")
+
+
+def _run(argv: Sequence[str] | None) -> int:
     try:
         args = build_parser().parse_args(
             _glue_relative_times(sys.argv[1:] if argv is None else argv))
@@ -223,13 +242,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                       or ("info" if args.command in ("serve",) else "warning"))
     ctx: Context | None = None
     try:
+        check_arguments(args)  # before anything is recorded
         ctx = Context(args.store, args.user)  # a bad --store is a usage error, too
         ctx.catch_up_progress = render.progress("catching up the projections")
         ctx.on_quarantined = render.quarantined_note
+        if _reads_only(args):
+            require_existing_store(ctx.store, ctx.db)
         func: Command = args.func
         return func(ctx, args)
     except ShelfError as error:
         return _fail(error.exit_code, str(error))
+    except BrokenPipeError:
+        raise  # main() tells a closed stdout from other pipes
     except Exception as error:  # never a traceback unless asked for
         if os.environ.get("SHELF_DEBUG") == "1":
             raise
@@ -239,8 +263,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             ctx.close()
 
 
+# Commands that may make a new store (SQLite: its file; PostgreSQL: the tables); `image`
+# commands and `user rotate-keys` don't open the store at all.
+MAKE_STORE = {("host", "add"), ("serve", None), ("demo", None), ("user", "create"),
+              ("user", "rotate-keys"), ("image", "import"), ("image", "list")}
+
+
+def _reads_only(args: argparse.Namespace) -> bool:
+    return command_of(args) not in MAKE_STORE
+
+
 def _fail(code: int, message: str) -> int:
-    print(f"shelf: {message}", file=sys.stderr)
+    with suppress(OSError):  # stderr is gone too: the exit code is all that is left
+        print(f"shelf: {edges.one_line(message)}", file=sys.stderr)
     return code
 
 

@@ -43,8 +43,9 @@ TEXT_MAX = 255  # a reference (id or name), a user, an audit filter
 URI_MAX = 1024
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-# libvirt's DRIVER[+TRANSPORT]: qemu, qemu+ssh, test, ...
-_URI_SCHEME = re.compile(r"[a-z][a-z0-9]*(?:\+[a-z0-9]+)?")
+# libvirt's DRIVER[+TRANSPORT]: shelf writes QEMU/KVM domains, and tests use libvirt's
+# test driver; the transports are libvirt's remote ones.
+_URI_SCHEME = re.compile(r"(?:qemu|test)(?:\+(?:unix|ssh|libssh|libssh2|tcp|tls|ext))?")
 
 
 def _shown(value: Any) -> str:
@@ -152,7 +153,7 @@ def libvirt_uri(value: Any, field: str = "--uri") -> str:
     libxml2 prints its own warnings on the way to failing)."""
     text = _text(value, field, URI_MAX)
     parts = urlsplit(text)
-    usage = "use DRIVER[+TRANSPORT]://[HOST]/PATH, e.g. qemu:///system"
+    usage = "use qemu[+TRANSPORT]://[HOST]/PATH, e.g. qemu:///system (or test:///FILE)"
     if any(character.isspace() for character in text):
         raise ValidationError(field, f"bad {field} {_shown(text)}: no spaces; {usage}")
     if not _URI_SCHEME.fullmatch(parts.scheme) or not text.startswith(f"{parts.scheme}://"):

@@ -456,7 +456,7 @@ def assert_catch_up_equals_rebuild(ctx: Context) -> None:
 ])
 def test_bad_projection_and_audit_input_is_one_line(harness_factory: Any,
                                                     argv: tuple[str, ...]) -> None:
-    h = harness_factory(start=False)
+    h = harness_factory()  # its worker makes the store: on none, reads say "no such store"
     result = h.shelf(*argv)
     assert result.code == 2 and result.err.count("\n") == 1 and "Traceback" not in result.err
 

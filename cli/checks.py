@@ -37,6 +37,7 @@ CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "jobs": lambda value, field: v.whole_number(value, field, v.JOBS),
     "limit": lambda value, field: v.whole_number(value, field, v.AUDIT_LIMIT),
     "after": lambda value, field: v.whole_number(value, field, v.POSITION),
+    "connect_timeout": lambda value, field: v.seconds(value, field, v.CONNECT_SECONDS),
     "shutdown_timeout": lambda value, field: v.seconds(value, field, v.SHUTDOWN_SECONDS),
     "shutdown_retry_interval": lambda value, field: v.seconds(value, field, v.RETRY_SECONDS),
     "shelved_offload_time": lambda value, field: v.seconds(value, field, v.OFFLOAD_SECONDS,

@@ -114,6 +114,8 @@ CASES: list[tuple[tuple[str, ...], int]] = [
     (("serve", "--shelved-offload-time", "-5"), USAGE),
     (("serve", "--shelved-offload-time", "nan"), USAGE),
     (("serve", "--shelved-offload-time", "1e20"), USAGE),
+    (("serve", "--connect-timeout", "0"), USAGE),
+    (("serve", "--connect-timeout", "nan"), USAGE),
     (("serve", "--host", ""), USAGE),
     (("serve", "--host", "nosuch"), NOT_FOUND),
     # audit's pages, times and filters
@@ -149,6 +151,10 @@ CASES: list[tuple[tuple[str, ...], int]] = [
     (("host", "add", "h2", "--uri", "test:///nonexistent/node.xml", *SIZES), USAGE),
     (("host", "add", "h2", "--uri", "test://{dir}", *SIZES), USAGE),
     (("host", "add", "h2", "--uri", "://nothing", *SIZES), USAGE),
+    ((*HOST, "--connect-timeout", "-1"), USAGE),
+    (("host", "add", "h2", "--uri", "test:///default", "--connect-timeout", "1e9"), USAGE),
+    (("host", "remove", ""), USAGE),
+    (("host", "remove", "nosuch"), NOT_FOUND),
     # stores
     (("--store", "mysql://x", "list"), USAGE),
     (("--store", "sqlite:///", "list"), USAGE),

@@ -5,7 +5,9 @@ set -euo pipefail
 
 PACKAGES=(python3-venv python3-dev gcc pkg-config libvirt-dev libvirt-daemon
   libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base
-  iptables postgresql)
+  iptables postgresql
+  # scripts/build-guest-image.sh: the test guest's disk, partitions, bootloader, initramfs
+  fdisk dosfstools mtools syslinux syslinux-common e2fsprogs kmod cpio)
 
 missing=()
 for package in "${PACKAGES[@]}"; do

@@ -29,6 +29,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 
 import libvirt
 
+from adapters.consoles import console_log_path
 from adapters.images import bytes_on_disk, probe_disk_file
 from adapters.libvirt_connection import ConnectionBounds, is_unreachable, open_connection
 from adapters.libvirt_xml import (
@@ -38,11 +39,13 @@ from adapters.libvirt_xml import (
     DiskSource,
     DomainOptions,
     GiB,
+    cpu_features,
     dhcp_host_entries,
     dhcp_host_xml,
     dir_pool_xml,
     domain_name,
     domain_xml,
+    host_cpu_xml,
     is_hostname,
     network_xml,
     pool_target_path,
@@ -50,11 +53,15 @@ from adapters.libvirt_xml import (
 )
 from adapters.logs import get_logger
 from domain.ports import (
+    ALREADY_OFF,
+    CLEAN,
+    FORCED,
     NOSTATE,
     PAUSED,
     RUNNING,
     SHUTDOWN,
     SUSPENDED,
+    TIMED_OUT,
     Capacity,
     DomainSpec,
     HostDriver,
@@ -71,6 +78,7 @@ HostT = TypeVar("HostT", bound="LibvirtHost")
 
 DISK_SUFFIX = ".qcow2"
 POLL_INTERVAL = 0.2  # seconds between state checks while waiting for a clean shutdown
+CPU_MODEL = "qemu64"  # named, so every host gives a guest the same CPU (see DomainOptions)
 REFRESH_WAIT = 60.0  # seconds to wait for a pool busy with another copy before giving up
 
 # Active states in which a guest can still act on an ACPI shutdown request.
@@ -161,17 +169,20 @@ class LibvirtHost:
     """A host served by a real libvirtd (qemu:///system, qemu+ssh://…)."""
 
     def __init__(
-        self, name: str, uri: str, data_dir: Path, bounds: ConnectionBounds | None = None
+        self, name: str, uri: str, data_dir: Path, bounds: ConnectionBounds | None = None,
+        virt_type: str = "auto",
     ) -> None:
         self.name = name
         self.uri = uri
+        self.data_dir = data_dir
         self.bounds = bounds or ConnectionBounds.from_env()
         self.disks_dir = data_dir / "hosts" / name / "disks"
         self.disks_pool_name = f"shelf-disks-{name}"
         self._lock = threading.RLock()
         self._closed = False
         self._ready = False
-        self._virt_type: str | None = None
+        self._auto_virt_type = virt_type == "auto"
+        self._virt_type: str | None = None if self._auto_virt_type else virt_type
         self._conn = self._connect()
 
     # --- connection ---------------------------------------------------------------------
@@ -522,8 +533,13 @@ class LibvirtHost:
             log.info("domain started", host=self.name, instance_id=spec.instance_id)
 
     def _define(self, spec: DomainSpec) -> libvirt.virDomain:
-        xml = domain_xml(spec, self._root_disk(spec), self._domain_options())
+        console = self.console_log(spec.instance_id)
+        console.parent.mkdir(parents=True, exist_ok=True)
+        xml = domain_xml(spec, self._root_disk(spec), self._domain_options(), console)
         return self._conn.defineXML(xml)
+
+    def console_log(self, instance_id: str) -> Path:
+        return console_log_path(self.data_dir, self.name, instance_id)
 
     def _root_disk(self, spec: DomainSpec) -> DiskSource:
         if spec.volume_path is not None:
@@ -540,7 +556,9 @@ class LibvirtHost:
         try:
             domain.create()
         except libvirt.libvirtError as exc:
-            if self._virt_type != "kvm" or "kvm" not in _one_line(exc).lower():
+            if not self._auto_virt_type or self._virt_type != "kvm" or (
+                "kvm" not in _one_line(exc).lower()
+            ):
                 raise
             # /dev/kvm looked usable but is not: fall back to TCG for this host.
             log.warning("kvm unusable, falling back to TCG", host=self.name, error=_one_line(exc))
@@ -551,14 +569,22 @@ class LibvirtHost:
     def _domain_options(self) -> DomainOptions:
         if self._virt_type is None:
             self._virt_type = self._detect_virt_type()
-        return DomainOptions(virt_type=self._virt_type, machine="pc")
+        return DomainOptions(virt_type=self._virt_type, machine="pc", cpu_model=CPU_MODEL)
 
     def _detect_virt_type(self) -> str:
+        """kvm if libvirt offers it and the host CPU has hardware virtualisation (vmx or
+        svm: a software-nested /dev/kvm such as kvm_pvm offers kvm without them, and runs
+        a blank disk but not a stock kernel); else qemu (TCG). The choice is logged."""
         try:
             self._conn.getDomainCapabilities(None, "x86_64", None, "kvm", 0)
         except libvirt.libvirtError as exc:
             log.info("kvm not available, using TCG", host=self.name, reason=_one_line(exc))
             return "qemu"
+        if not _host_cpu_virtualises(self._conn):
+            log.warning("kvm offered but the host CPU has no vmx/svm; using TCG (choose "
+                        "--virt-type kvm to use it anyway)", host=self.name)
+            return "qemu"
+        log.info("using kvm", host=self.name)
         return "kvm"
 
     def _undefine_flags(self) -> int:
@@ -576,6 +602,7 @@ class LibvirtHost:
         if domain.isActive():
             _destroy(domain)
         domain.undefineFlags(self._undefine_flags())
+        self.console_log(instance_id).unlink(missing_ok=True)  # goes with the domain
         log.info("domain undefined", host=self.name, instance_id=instance_id)
 
     # --- power ----------------------------------------------------------------------------
@@ -587,22 +614,22 @@ class LibvirtHost:
             domain.create()  # restores a managed save image if there is one
 
     @_operation("power off shelf-{instance_id}")
-    def power_off(self, instance_id: str, clean_timeout: float, retry_interval: float) -> None:
+    def power_off(self, instance_id: str, clean_timeout: float, retry_interval: float) -> str:
         domain = self._find_domain(instance_id)
         if domain is None:
-            return
+            return ALREADY_OFF
         if not domain.isActive():
             if domain.hasManagedSaveImage(0):
                 domain.managedSaveRemove(0)  # a suspended domain becomes plainly shut off
-            return
+            return ALREADY_OFF
         if clean_timeout <= 0 or int(domain.state()[0]) not in _CAN_SHUT_DOWN:
             _destroy(domain)  # a paused, pm-suspended or crashed guest can't act on ACPI
-            return
-        self._shut_down(domain, clean_timeout, retry_interval)
+            return FORCED
+        return self._shut_down(domain, clean_timeout, retry_interval)
 
     def _shut_down(
         self, domain: libvirt.virDomain, clean_timeout: float, retry_interval: float
-    ) -> None:
+    ) -> str:
         """ACPI shutdown, re-asked every retry_interval; destroy when clean_timeout ends."""
         deadline = time.monotonic() + clean_timeout
         next_ask = time.monotonic()
@@ -612,13 +639,14 @@ class LibvirtHost:
                 log.warning("clean shutdown timed out; destroying", host=self.name,
                             domain=str(domain.name()), timeout=clean_timeout)
                 _destroy(domain)
-                return
+                return TIMED_OUT
             if now >= next_ask:
                 self._ask_shutdown(domain)
                 next_ask = now + max(retry_interval, POLL_INTERVAL)
                 continue  # some drivers shut down synchronously: look again at once
             time.sleep(min(POLL_INTERVAL, deadline - now))
         log.info("domain shut down cleanly", host=self.name, domain=str(domain.name()))
+        return CLEAN
 
     def _ask_shutdown(self, domain: libvirt.virDomain) -> None:
         try:
@@ -772,6 +800,15 @@ def _destroy(domain: libvirt.virDomain) -> None:
             raise  # else it went off on its own meanwhile: that is what we wanted
 
 
+def _host_cpu_virtualises(conn: libvirt.virConnect) -> bool:
+    """Whether the host CPU, with its model's features expanded, has vmx or svm."""
+    host_cpu = host_cpu_xml(conn.getCapabilities())
+    if host_cpu is None:
+        return False
+    expanded = conn.baselineCPU([host_cpu], libvirt.VIR_CONNECT_BASELINE_CPU_EXPAND_FEATURES)
+    return bool(cpu_features(expanded) & {"vmx", "svm"})
+
+
 def _require_state(state: str, *allowed: str) -> None:
     if state not in allowed:
         raise _Refusal(f"the domain is {state}, not {' or '.join(allowed)}")
@@ -784,13 +821,14 @@ def _image_virtual_size(image_path: Path) -> int:
 
 
 def open_host(
-    name: str, uri: str, data_dir: Path, bounds: ConnectionBounds | None = None
+    name: str, uri: str, data_dir: Path, bounds: ConnectionBounds | None = None,
+    virt_type: str = "auto",
 ) -> LibvirtHost:
     """The driver for a host: the test driver's for `test://…` URIs (also served by a
     daemon, `test+tcp://…`), else real libvirt's."""
     if uri.split(":", 1)[0].split("+", 1)[0] == "test":
         return TestDriverHost(name, uri, data_dir, bounds)
-    return LibvirtHost(name, uri, data_dir, bounds)
+    return LibvirtHost(name, uri, data_dir, bounds, virt_type)
 
 
 class LibvirtHosts:
@@ -799,8 +837,10 @@ class LibvirtHosts:
     def __init__(
         self, lookup_uri: Callable[[str], str], data_dir: Path,
         bounds: ConnectionBounds | None = None,
+        lookup_virt_type: Callable[[str], str] | None = None,
     ) -> None:
         self._lookup_uri = lookup_uri  # raises KeyError for an unknown host
+        self._lookup_virt_type = lookup_virt_type or (lambda _host: "auto")
         self._data_dir = data_dir
         self._bounds = bounds or ConnectionBounds.from_env()
         self._drivers: dict[str, LibvirtHost] = {}
@@ -823,7 +863,8 @@ class LibvirtHosts:
                     uri = self._lookup_uri(host)
                 except KeyError as exc:
                     raise UnknownHost(f"unknown host {host}") from exc
-                driver = open_host(host, uri, self._data_dir, self._bounds)
+                virt_type = self._lookup_virt_type(host)
+                driver = open_host(host, uri, self._data_dir, self._bounds, virt_type)
                 with self._lock:
                     self._drivers[host] = driver
             return driver

@@ -31,10 +31,12 @@ class DiskSource:
 
 @dataclass(frozen=True)
 class DomainOptions:
-    """How a host's domains differ: virtualisation type, machine, poweroff action."""
+    """How a host's domains differ: virtualisation type, machine, CPU, poweroff action."""
 
     virt_type: str
     machine: str | None = None
+    # A named CPU model, not the host's: a guest unshelved on another host sees the same CPU.
+    cpu_model: str | None = None
     # "restart" makes a test-driver domain ignore shutdown (tests of the timeout path).
     on_poweroff: str = "destroy"
 
@@ -53,7 +55,9 @@ def _to_string(element: ET.Element) -> str:
     return ET.tostring(element, encoding="unicode")
 
 
-def domain_xml(spec: DomainSpec, disk: DiskSource, options: DomainOptions) -> str:
+def domain_xml(
+    spec: DomainSpec, disk: DiskSource, options: DomainOptions, console_log: Path | None = None
+) -> str:
     root = ET.Element("domain", type=options.virt_type)
     _text(root, "name", domain_name(spec.instance_id))
     _text(root, "description", spec.name)
@@ -66,10 +70,16 @@ def domain_xml(spec: DomainSpec, disk: DiskSource, options: DomainOptions) -> st
         os_type.set("machine", options.machine)
     # ACPI so that shutdown() reaches a guest that listens for it.
     ET.SubElement(ET.SubElement(root, "features"), "acpi")
+    if options.cpu_model:
+        cpu = ET.SubElement(root, "cpu", mode="custom", match="exact")
+        _text(cpu, "model", options.cpu_model, fallback="forbid")
     _text(root, "on_poweroff", options.on_poweroff)
     devices = ET.SubElement(root, "devices")
     _disk(devices, disk)
     _interface(devices, spec.mac)
+    if console_log is not None:
+        _serial_console(devices, console_log)
+    ET.SubElement(devices, "memballoon", model="none")  # nothing here asks a guest for memory
     return _to_string(root)
 
 
@@ -91,6 +101,15 @@ def _interface(devices: ET.Element, mac: str) -> None:
     ET.SubElement(element, "source", network=NETWORK_NAME)
     ET.SubElement(element, "mac", address=mac)
     ET.SubElement(element, "model", type="virtio")
+    ET.SubElement(element, "rom", enabled="no")  # no iPXE option ROM: boots from the disk
+
+
+def _serial_console(devices: ET.Element, log: Path) -> None:
+    """ttyS0 on a pty (so `virsh console` works), everything it prints appended to `log`
+    by virtlogd: the file outlives power-offs, as Nova's console.log does."""
+    serial = ET.SubElement(devices, "serial", type="pty")
+    ET.SubElement(serial, "log", file=str(log), append="on")
+    ET.SubElement(serial, "target", port="0")
 
 
 def dir_pool_xml(name: str, path: Path) -> str:
@@ -157,3 +176,13 @@ def dhcp_host_entries(network_xml_text: str) -> list[DhcpHost]:
         for host in root.iterfind("ip/dhcp/host")
         if host.get("mac")
     ]
+
+
+def host_cpu_xml(capabilities_xml: str) -> str | None:
+    """The host's `<cpu>` element from libvirt's capabilities document."""
+    cpu = ET.fromstring(capabilities_xml).find("host/cpu")
+    return None if cpu is None else _to_string(cpu)
+
+
+def cpu_features(cpu_xml: str) -> set[str]:
+    return {name for f in ET.fromstring(cpu_xml).iterfind("feature") if (name := f.get("name"))}

@@ -105,7 +105,8 @@ class Context:
             from adapters.libvirt_host import LibvirtHosts  # need hosts load libvirt
 
             bounds = ConnectionBounds.from_env(connect_timeout=self.connect_timeout)
-            self._hosts = LibvirtHosts(self.host_uri, self.data_dir, bounds)
+            self._hosts = LibvirtHosts(self.host_uri, self.data_dir, bounds,
+                                       self.host_virt_type)
         return self._hosts
 
     def host_uri(self, name: str) -> str:
@@ -114,6 +115,9 @@ class Context:
             return resolve_host(self.repo, name).uri
         except NotFound:
             raise KeyError(name) from None
+
+    def host_virt_type(self, name: str) -> str:
+        return str(getattr(resolve_host(self.repo, name), "virt_type", "auto"))
 
     def process_manager(
         self, settings: Settings, failpoints: Failpoints | None = None,

@@ -15,6 +15,7 @@ from application.bootstrap import Context
 from application.identity import Caller
 from domain import host_removal
 from domain.errors import NotFound, ShelfError, UsageError
+from domain.host import VIRT_TYPES
 from domain.ports import HypervisorError
 from domain.service import new_request_id
 from projections.audit import event_record
@@ -36,14 +37,17 @@ class Recorded:
 def add_host(
     ctx: Context, caller: Caller, name: str, uri: str, vcpus: int | None = None,
     memory_mb: int | None = None, disk_gb: int | None = None,
-    connect_timeout: float | None = None,
+    connect_timeout: float | None = None, virt_type: str = "auto",
 ) -> dict[str, Any]:
     """Register a libvirt host (or a removed one's name again); a capacity not given is
-    what libvirt reports, asked within `connect_timeout` (None: the environment's)."""
+    what libvirt reports, asked within `connect_timeout` (None: the environment's).
+    `virt_type` is kvm, qemu (TCG) or auto (see LibvirtHost._detect_virt_type)."""
+    if virt_type not in VIRT_TYPES:
+        raise UsageError(f"virt type must be one of {', '.join(VIRT_TYPES)}, not {virt_type}")
     vcpus, memory_mb, disk_gb = _capacity(ctx, name, uri, vcpus, memory_mb, disk_gb,
                                           connect_timeout)
     host = ctx.service.add_host(name, uri, vcpus, memory_mb, disk_gb, caller.user_name,
-                                new_request_id())
+                                new_request_id(), virt_type=virt_type)
     return host_view(host)
 
 

@@ -1,5 +1,5 @@
-"""The read side: what `list`, `show`, `actions`, `history`, `audit`, `host list`,
-`image list` and `projections status` print, and what the HTTP API renders.
+"""The read side: what `list`, `show`, `actions`, `history`, `console-log`, `audit`,
+`host list`, `image list` and `projections status` print, and what the HTTP API renders.
 
 Every query first catches the projections up (one indexed query when nothing is new), so
 a read never misses what was recorded before it. Moments are ISO 8601 text in UTC, as
@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from adapters.consoles import console_log_path, last_lines
 from application.bootstrap import Context
 from domain.errors import NotFound, UsageError
 from domain.instance import Instance
@@ -55,6 +56,20 @@ def instance_actions(ctx: Context, instance: str) -> list[dict[str, Any]]:
     found = resolve_instance(ctx.repo, instance)
     ctx.catch_up()
     return read.actions(ctx.db, str(found.id))
+
+
+def console_log(ctx: Context, instance: str, lines: int | None = None) -> list[str]:
+    """The instance's serial console as its host logged it (the last `lines` lines)."""
+    if lines is not None and lines < 1:
+        raise UsageError(f"--lines must be 1 or more, not {lines}")
+    found = resolve_instance(ctx.repo, instance)
+    if found.host is None:
+        raise NotFound(f"instance {found.id} has no console log: it is on no host")
+    path = console_log_path(ctx.data_dir, found.host, str(found.id))
+    try:
+        return last_lines(path, lines)
+    except FileNotFoundError:
+        raise NotFound(f"instance {found.id} has no console log yet ({path})") from None
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,8 @@ def _wait(ctx: Context, recorded: lifecycle.Recorded, args: argparse.Namespace) 
 
 def host_add(ctx: Context, args: argparse.Namespace) -> int:
     host = lifecycle.add_host(ctx, caller(ctx), args.name, args.uri, args.vcpus,
-                              args.memory_mb, args.disk_gb, args.connect_timeout)
+                              args.memory_mb, args.disk_gb, args.connect_timeout,
+                              virt_type=args.virt_type)
     print(host["name"])
     return 0
 
@@ -109,6 +110,12 @@ def show(ctx: Context, args: argparse.Namespace) -> int:
         render.print_json(view)
     else:
         render.print_fields(view)
+    return 0
+
+
+def console_log(ctx: Context, args: argparse.Namespace) -> int:
+    for line in queries.console_log(ctx, args.instance, args.lines):
+        print(line)
     return 0
 
 

@@ -21,6 +21,7 @@ from cli import commands, edges, render
 from cli.checks import check_arguments, command_of
 from cli.identity import add_user_commands
 from domain.errors import ShelfError
+from domain.host import VIRT_TYPES
 
 Command = Callable[[Context, argparse.Namespace], int]
 INSTANCE_ACTIONS = {
@@ -60,6 +61,9 @@ def _add_host_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     add.add_argument("--uri", required=True, help="libvirt URI, e.g. qemu:///system")
     for option in ("--vcpus", "--memory-mb", "--disk-gb"):
         add.add_argument(option, type=int, help="capacity (default: what libvirt reports)")
+    add.add_argument("--virt-type", choices=VIRT_TYPES, default="auto",
+                     help="kvm, qemu (TCG), or auto: kvm if libvirt offers it and the host "
+                     "CPU has vmx/svm, else qemu (default)")
     add.set_defaults(func=commands.host_add)
     add.add_argument("--connect-timeout", type=float, metavar="S",
                      help="seconds to wait for the host to answer (default "
@@ -107,6 +111,10 @@ def _add_instance_commands(sub: argparse._SubParsersAction[OneLineParser]) -> No
         if command == "show":
             _as_of_option(parser, "the instance as it was at TIME")
         parser.set_defaults(func=func)
+    console = sub.add_parser("console-log", help="the instance's serial console log")
+    console.add_argument("instance", help="instance id or name")
+    console.add_argument("--lines", type=int, metavar="N", help="only the last N lines")
+    console.set_defaults(func=commands.console_log)
 
 
 def _add_image_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:

@@ -14,6 +14,10 @@ from eventsourcing.domain import Aggregate, event
 
 from domain.errors import Conflict, NoRoom
 
+# How a host runs its guests, as Nova's [libvirt] virt_type: kvm, qemu (TCG), or auto
+# (chosen by the host's driver when first used).
+VIRT_TYPES = ("auto", "kvm", "qemu")
+
 HOST_NAMESPACE = uuid.UUID("0b8e4c3e-3a0f-4c1e-9b3e-6a3e2f1d7c42")
 
 
@@ -35,10 +39,13 @@ class Host(Aggregate):
     @event("HostAdded")
     def __init__(
         self, name: str, uri: str, vcpus: int, memory_mb: int, disk_gb: int,
-        user: str, request_id: str,
+        user: str, request_id: str, virt_type: str = "auto",
     ) -> None:
         self.name, self.uri = name, uri
         self.removed = False
+        # kvm, qemu (TCG) or auto (chosen when the host is first used); hosts added before
+        # it was kept are auto.
+        self.virt_type = virt_type
         self.vcpus, self.memory_mb, self.disk_gb = vcpus, memory_mb, disk_gb
         self.claims: dict[str, dict[str, int]] = {}
         # The sum of the claims, kept as they come and go: a host with thousands of
@@ -105,18 +112,21 @@ class Host(Aggregate):
 
     def add_again(
         self, uri: str, vcpus: int, memory_mb: int, disk_gb: int, user: str, request_id: str,
+        virt_type: str = "auto",
     ) -> None:
         """A removed host's name added again, with what it is now."""
         if not self.removed:
             raise Conflict(f"host {self.name} already exists")
         self._added_again(uri=uri, vcpus=vcpus, memory_mb=memory_mb, disk_gb=disk_gb,
-                          user=user, request_id=request_id)
+                          user=user, request_id=request_id, virt_type=virt_type)
 
     @event("HostAddedAgain")
     def _added_again(
         self, uri: str, vcpus: int, memory_mb: int, disk_gb: int, user: str, request_id: str,
+        virt_type: str = "auto",
     ) -> None:
         self.uri, self.vcpus, self.memory_mb, self.disk_gb = uri, vcpus, memory_mb, disk_gb
+        self.virt_type = virt_type
         self.removed = False
 
     def release(self, instance_id: str, user: str, request_id: str) -> None:

@@ -208,7 +208,11 @@ class Instance(Aggregate):
     # ---- step results (recorded by the process manager) --------------------------------
 
     @event("PoweredOff")
-    def record_powered_off(self, user: str, request_id: str, host: str | None) -> None:
+    def record_powered_off(
+        self, user: str, request_id: str, host: str | None, shutdown: str | None = None
+    ) -> None:
+        # `shutdown`: how it ended (domain.ports.CLEAN, TIMED_OUT, ...); None in events
+        # recorded before it was kept.
         self.power_state = s.SHUTDOWN
         self.done_in_plan.append(plans.POWER_OFF)
         if self.plan == "shelve":

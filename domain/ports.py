@@ -13,6 +13,14 @@ SHUTDOWN = "shutdown"
 SUSPENDED = "suspended"
 NOSTATE = "nostate"
 
+# How a power-off ended (PoweredOff's `shutdown`): the guest shut down on the ACPI request;
+# it was destroyed when the clean-shutdown timeout ran out; it was destroyed at once
+# (timeout 0, or a paused or crashed guest can't act on ACPI); it was off already.
+CLEAN = "clean"
+TIMED_OUT = "destroyed-after-timeout"
+FORCED = "destroyed"
+ALREADY_OFF = "off"
+
 
 class HypervisorError(Exception):
     """A hypervisor-side step failed; the message is what the operator sees."""
@@ -76,9 +84,9 @@ class HostDriver(Protocol):
 
     def power_on(self, instance_id: str) -> None: ...
 
-    def power_off(self, instance_id: str, clean_timeout: float, retry_interval: float) -> None:
+    def power_off(self, instance_id: str, clean_timeout: float, retry_interval: float) -> str:
         """Ask for an ACPI shutdown, re-ask every retry_interval, destroy after clean_timeout.
-        clean_timeout 0 destroys at once."""
+        clean_timeout 0 destroys at once. Returns how it ended (CLEAN, TIMED_OUT, ...)."""
 
     def pause(self, instance_id: str) -> None: ...
 

@@ -31,6 +31,7 @@ from domain.errors import NoRoom, Unreadable
 from domain.host import CATALOG_ID, Host, HostCatalog, host_id_for
 from domain.instance import Instance
 from domain.ports import (
+    ALREADY_OFF,
     DomainSpec,
     HostDrivers,
     HostUnreachable,
@@ -368,17 +369,17 @@ class ProcessManager:
     # ---- power steps ------------------------------------------------------------------
 
     def power_off(self, instance: Instance) -> None:
-        host = instance.host
+        host, shutdown = instance.host, ALREADY_OFF
         if host is not None:
             forced = (
                 instance.plan in plans.FORCED_POWER_OFF_PLANS
                 or instance.power_state == s.POWER_PAUSED
             )
             timeout = 0.0 if forced else self.settings.shutdown_timeout
-            self.hosts.driver(host).power_off(
+            shutdown = self.hosts.driver(host).power_off(
                 str(instance.id), timeout, self.settings.shutdown_retry_interval
             )
-        self._record(instance, instance.record_powered_off, host=host)
+        self._record(instance, instance.record_powered_off, host=host, shutdown=shutdown)
 
     def power_on(self, instance: Instance) -> None:
         self.hosts.driver(self._on_host(instance)).power_on(str(instance.id))

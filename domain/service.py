@@ -85,7 +85,7 @@ class LifecycleService:
 
     def add_host(
         self, name: str, uri: str, vcpus: int, memory_mb: int, disk_gb: int,
-        user: str, request_id: str,
+        user: str, request_id: str, virt_type: str = "auto",
     ) -> Host:
         host = find(self.repo, host_id_for(name), Host)
         if host is not None and not host.removed:
@@ -94,9 +94,10 @@ class LifecycleService:
         _require_name("host", name)
         if host is None:
             host = Host(name=name, uri=uri, vcpus=vcpus, memory_mb=memory_mb,
-                        disk_gb=disk_gb, user=user, request_id=request_id)
+                        disk_gb=disk_gb, user=user, request_id=request_id,
+                        virt_type=virt_type)
         else:  # removed once: the name comes back on the same aggregate
-            host.add_again(uri, vcpus, memory_mb, disk_gb, user, request_id)
+            host.add_again(uri, vcpus, memory_mb, disk_gb, user, request_id, virt_type)
         catalog = find(self.repo, CATALOG_ID, HostCatalog) or HostCatalog()
         catalog.register(name)
         try:

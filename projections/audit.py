@@ -22,6 +22,14 @@ STEP_OF_EVENT = {
     "VolumeDeleted": "DeleteVolume",
 }
 
+# How a power-off ended (domain.ports) -> what an action's event says.
+SHUTDOWN_DETAILS = {
+    "clean": "clean shutdown",
+    "destroyed-after-timeout": "destroyed after the clean-shutdown timeout",
+    "destroyed": "destroyed at once",
+    "off": "was off already",
+}
+
 # Request event class -> Nova's action name.
 ACTION_OF_REQUEST = {
     "BootRequested": "create", "ShelveRequested": "shelve", "UnshelveRequested": "unshelve",
@@ -115,6 +123,12 @@ def apply_record(
     return step_event
 
 
+def _success_details(record: dict[str, Any]) -> str | None:
+    """What a successful step says besides its name: how a power-off ended."""
+    shutdown = record.get("shutdown") if record["event"] == "PoweredOff" else None
+    return SHUTDOWN_DETAILS.get(shutdown, shutdown) if shutdown else None
+
+
 def _step_event(record: dict[str, Any], started: str | None) -> dict[str, Any] | None:
     name = record["event"]
     if name == "StepFailed":
@@ -122,7 +136,7 @@ def _step_event(record: dict[str, Any], started: str | None) -> dict[str, Any] |
     elif name == "LeftOnHost":  # a delete that went on without its host
         step, result, details = record["step"], "Skipped", record["reason"]
     elif name in STEP_OF_EVENT:
-        step, result, details = STEP_OF_EVENT[name], "Success", None
+        step, result, details = STEP_OF_EVENT[name], "Success", _success_details(record)
     else:
         return None
     return {

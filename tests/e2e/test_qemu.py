@@ -59,12 +59,14 @@ class Cloud:
         data: dict[str, Any] = json.loads(self.shelf("show", ref, "--json").stdout)
         return data
 
-    def serve(self, failpoints: str = "") -> subprocess.Popen[bytes]:
+    def serve(
+        self, failpoints: str = "",
+        options: tuple[str, ...] = ("--shutdown-timeout", "3", "--shutdown-retry-interval", "1"),
+    ) -> subprocess.Popen[bytes]:
         env = {**self.env, "SHELF_FAILPOINTS": failpoints}
         with open(self.root / "serve.log", "ab") as log:  # the child keeps its own copy
             self.serve_proc = subprocess.Popen(
-                [SHELF, "serve", "--shutdown-timeout", "3", "--shutdown-retry-interval", "1"],
-                env=env, stdout=subprocess.DEVNULL, stderr=log,
+                [SHELF, "serve", *options], env=env, stdout=subprocess.DEVNULL, stderr=log,
             )
         return self.serve_proc
 
@@ -122,13 +124,15 @@ def _clean_up(cloud: Cloud) -> None:
     """Leave libvirtd as it was: no domain, DHCP entry or pool of this test remains."""
     cloud.stop_serving()
     listing = cloud.shelf("list", "--json", check=False)
-    driver = open_host(cloud.host, "qemu:///system", cloud.root / "data")
-    try:
-        for row in json.loads(listing.stdout or "[]"):
-            driver.undefine(row["id"])
-            driver.remove_dhcp_host(row["mac"])
-    finally:
-        driver.close()
+    hosts = json.loads(cloud.shelf("host", "list", "--json", check=False).stdout or "[]")
+    for host in hosts:
+        driver = open_host(host["name"], "qemu:///system", cloud.root / "data")
+        try:
+            for row in json.loads(listing.stdout or "[]"):
+                driver.undefine(row["id"])
+                driver.remove_dhcp_host(row["mac"])
+        finally:
+            driver.close()
     conn = libvirt.open("qemu:///system")
     try:
         for pool in conn.listAllStoragePools():

@@ -613,8 +613,9 @@ class _RecordingDriver:
     def __init__(self) -> None:
         self.power_offs: list[float] = []
 
-    def power_off(self, instance_id: str, clean_timeout: float, retry_interval: float) -> None:
+    def power_off(self, instance_id: str, clean_timeout: float, retry_interval: float) -> str:
         self.power_offs.append(clean_timeout)
+        return "destroyed" if clean_timeout == 0 else "clean"
 
 
 class _Drivers:

@@ -17,6 +17,7 @@ zeros) and returns that apparent size (a real export returns the bytes allocated
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import inspect
@@ -43,6 +44,7 @@ from adapters.libvirt_xml import (
     dhcp_host_entries,
     dhcp_host_xml,
     dir_pool_xml,
+    domain_machine,
     domain_name,
     domain_xml,
     host_cpu_xml,
@@ -524,18 +526,23 @@ class LibvirtHost:
     # --- domains --------------------------------------------------------------------------
 
     @_operation("define and start domain shelf-{spec.instance_id}")
-    def define_and_start(self, spec: DomainSpec) -> None:
+    def define_and_start(self, spec: DomainSpec) -> str | None:
         domain = self._find_domain(spec.instance_id)
         if domain is None:
             domain = self._define(spec)
         if not domain.isActive():
             self._start(domain, spec)
             log.info("domain started", host=self.name, instance_id=spec.instance_id)
+            domain = self._require_domain(spec.instance_id)  # _start may define it anew
+        return domain_machine(domain.XMLDesc(0))
 
     def _define(self, spec: DomainSpec) -> libvirt.virDomain:
         console = self.console_log(spec.instance_id)
         console.parent.mkdir(parents=True, exist_ok=True)
-        xml = domain_xml(spec, self._root_disk(spec), self._domain_options(), console)
+        options = self._domain_options()
+        if spec.machine and options.machine:  # the machine type of its first domain
+            options = dataclasses.replace(options, machine=spec.machine)
+        xml = domain_xml(spec, self._root_disk(spec), options, console)
         return self._conn.defineXML(xml)
 
     def console_log(self, instance_id: str) -> Path:

@@ -186,3 +186,9 @@ def host_cpu_xml(capabilities_xml: str) -> str | None:
 
 def cpu_features(cpu_xml: str) -> set[str]:
     return {name for f in ET.fromstring(cpu_xml).iterfind("feature") if (name := f.get("name"))}
+
+
+def domain_machine(domain_xml_text: str) -> str | None:
+    """The machine type a defined domain has (libvirt expands `pc` to its versioned name)."""
+    os_type = ET.fromstring(domain_xml_text).find("os/type")
+    return None if os_type is None else os_type.get("machine")

@@ -73,6 +73,9 @@ class Instance(Aggregate):
         self.request_id: str | None = request_id
         self.user: str | None = user
         self.final_vm_state: str | None = None
+        # The machine type its first domain got (e.g. pc-i440fx-7.2): every later domain,
+        # on any host, gets the same virtual hardware, as Nova keeps hw_machine_type.
+        self.machine: str | None = None
         self.done_in_plan: list[str] = []  # steps recorded since the plan began
 
     # ---- guards ---------------------------------------------------------------------
@@ -294,8 +297,9 @@ class Instance(Aggregate):
     @event("Spawned")
     def record_spawned(
         self, user: str, request_id: str, host: str, image_id: str | None,
-        volume: str | None,
+        volume: str | None, machine: str | None = None,
     ) -> None:
+        self.machine = machine or getattr(self, "machine", None)
         self.host = host
         self.power_state = s.RUNNING
 

@@ -54,6 +54,7 @@ class DomainSpec:
     mac: str
     ip: str
     volume_path: str | None = None  # set for a volume-backed instance: the root disk
+    machine: str | None = None  # the machine type recorded at its first spawn, if any
 
 
 class HostDriver(Protocol):
@@ -80,7 +81,8 @@ class HostDriver(Protocol):
     def create_volume(self, path: Path, size_gb: int, image_path: Path | None) -> None:
         """Create a persistent volume file at path (shared storage), blank or from an image."""
 
-    def define_and_start(self, spec: DomainSpec) -> None: ...
+    def define_and_start(self, spec: DomainSpec) -> str | None:
+        """Returns the domain's machine type as the host resolved it (None if it has none)."""
 
     def power_on(self, instance_id: str) -> None: ...
 

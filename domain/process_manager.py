@@ -360,7 +360,7 @@ class ProcessManager:
         return DomainSpec(
             instance_id=str(instance.id), name=instance.name, vcpus=instance.vcpus,
             memory_mb=instance.memory_mb, disk_gb=instance.disk_gb, mac=instance.mac,
-            ip=instance.ip,
+            ip=instance.ip, machine=getattr(instance, "machine", None),
             volume_path=(
                 str(self.volumes.path_for(str(instance.id))) if instance.volume_backed else None
             ),
@@ -555,16 +555,16 @@ class ProcessManager:
             raise HypervisorError(f"instance {instance.id} holds no claim on any host")
         image_id = instance.shelved_image_id or instance.image_id
         try:
-            self._spawn_on(host, instance, image_id)
+            machine = self._spawn_on(host, instance, image_id)
         except HypervisorError:
             self._destroy_on(host, instance)  # leave nothing half-built behind
             raise
         self._record(
             instance, instance.record_spawned, host=host, image_id=image_id,
-            volume=self._spec(instance).volume_path,
+            volume=self._spec(instance).volume_path, machine=machine,
         )
 
-    def _spawn_on(self, host: str, instance: Instance, image_id: str | None) -> None:
+    def _spawn_on(self, host: str, instance: Instance, image_id: str | None) -> str | None:
         driver, spec = self.hosts.driver(host), self._spec(instance)
         image_path = self._image_path(instance, image_id)
         if instance.volume_backed:
@@ -574,7 +574,7 @@ class ProcessManager:
             driver.create_volume(volume, instance.disk_gb, image_path)
         else:
             driver.create_disk(spec, image_path)
-        driver.define_and_start(spec)
+        return driver.define_and_start(spec)
 
     def _image_path(self, instance: Instance, image_id: str | None) -> Path | None:
         if image_id is None or (instance.volume_backed and instance.vm_state != s.BUILDING):

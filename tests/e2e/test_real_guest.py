@@ -10,10 +10,12 @@ import json
 import re
 import shutil
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import libvirt
 import pytest
 
 from bench.guest_image import (
@@ -49,6 +51,15 @@ class GuestCloud(Cloud):
                                  "--memory-mb", str(MEMORY_MB), "--disk-gb", "1",
                                  "--image", image, "--wait").stdout.strip()
         return instance_id, self.console(instance_id, self.host)
+
+    def hardware(self, instance_id: str) -> tuple[str | None, str | None]:
+        """The machine type and CPU model of the instance's domain, as libvirt holds it."""
+        conn = libvirt.open("qemu:///system")
+        try:
+            xml = ET.fromstring(conn.lookupByName(f"shelf-{instance_id}").XMLDesc(0))
+        finally:
+            conn.close()
+        return xml.find("os/type").get("machine"), xml.findtext("cpu/model")  # type: ignore[union-attr]
 
     def power_off_details(self) -> str:
         """What the last PowerOff step of vm1 says (from `actions --json`)."""
@@ -87,6 +98,8 @@ def test_guest_survives_shelve_unshelve_in_place_offload_and_another_host(
     assert wait_for_console(console, BOOT_LINE) == "1"
     assert _bound_after(console, 0) == ip  # the DHCP host entry gave it the instance's IP
     assert "shelf-guest: boot 1" in cloud.shelf("console-log", "vm1").stdout
+    machine, cpu = cloud.hardware(instance_id)
+    assert machine is not None and machine != "pc" and cpu == "qemu64"  # a versioned type
 
     # Shelve: a clean ACPI shutdown, recorded as such; the log survives the power-off.
     cloud.shelf("shelve", "vm1", "--wait")
@@ -118,6 +131,10 @@ def test_guest_survives_shelve_unshelve_in_place_offload_and_another_host(
     new_console = cloud.console(instance_id, cloud.other_host)
     assert wait_for_console(new_console, BOOT_LINE) == "3"
     assert _bound_after(new_console, 0) == ip
+    assert cloud.hardware(instance_id) == (machine, cpu)  # recorded at the first spawn
+    spawns = [r for r in json.loads(cloud.shelf("history", "vm1", "--json").stdout)
+              if r["event"] == "Spawned"]
+    assert [r["machine"] for r in spawns] == [machine, machine]
     assert not cloud.image_file(image_id).exists()
     assert not cloud.disk_of(instance_id).exists()  # the first host's disk
     assert instance_id in shelf_domains()  # once, on the other host

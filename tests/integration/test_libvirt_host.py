@@ -27,10 +27,14 @@ from adapters.libvirt_host import (
     open_host,
 )
 from domain.ports import (
+    ALREADY_OFF,
+    CLEAN,
+    FORCED,
     PAUSED,
     RUNNING,
     SHUTDOWN,
     SUSPENDED,
+    TIMED_OUT,
     Capacity,
     DomainSpec,
     HypervisorError,
@@ -120,7 +124,8 @@ def test_full_cycle_each_step_idempotent(host: LibvirtHost, tmp_path: Path) -> N
     ]:
         twice(lambda step=step: step("i1"))  # type: ignore[misc]
         assert host.power_state("i1") == state, step.__name__
-    twice(lambda: host.power_off("i1", 5.0, 1.0))
+    assert host.power_off("i1", 5.0, 1.0) == CLEAN
+    assert host.power_off("i1", 5.0, 1.0) == ALREADY_OFF
     assert host.power_state("i1") == SHUTDOWN
     export = tmp_path / "exports" / "snap.img"
     assert host.export_disk("i1", export) == 10 * GiB
@@ -156,7 +161,7 @@ def test_clean_shutdown_timeout_destroys_the_domain(stubborn_host: TestDriverHos
     stubborn_host.create_disk(spec, None)
     stubborn_host.define_and_start(spec)
     started = time.monotonic()
-    stubborn_host.power_off("i1", clean_timeout=0.6, retry_interval=0.2)
+    assert stubborn_host.power_off("i1", clean_timeout=0.6, retry_interval=0.2) == TIMED_OUT
     assert time.monotonic() - started >= 0.6
     assert stubborn_host.power_state("i1") == SHUTDOWN
 
@@ -171,7 +176,9 @@ def test_zero_timeout_or_a_paused_domain_is_destroyed_at_once(
     if pause_first:
         stubborn_host.pause("i1")
     started = time.monotonic()
-    stubborn_host.power_off("i1", clean_timeout=0 if not pause_first else 30, retry_interval=10)
+    ended = stubborn_host.power_off("i1", clean_timeout=0 if not pause_first else 30,
+                                    retry_interval=10)
+    assert ended == FORCED
     assert time.monotonic() - started < 1.0
     assert stubborn_host.power_state("i1") == SHUTDOWN
 
@@ -393,12 +400,20 @@ def test_real_shelve_cycle_keeps_the_disk_contents(real_env: RealEnv) -> None:
     twice(lambda: host.create_disk(spec, image))
     host.add_dhcp_host(spec.mac, spec.ip, spec.name)
     assert host.dhcp_hosts()[spec.mac] == spec.ip
-    twice(lambda: host.define_and_start(spec))
+    machine = host.define_and_start(spec)
+    assert machine is not None and machine.startswith("pc-")  # libvirt's versioned name
+    assert host.define_and_start(spec) == machine
     assert host.power_state(spec.instance_id) == RUNNING
-    assert re.match(r"<domain type='(kvm|qemu)'", host.domain_xml(spec.instance_id))
+    xml = host.domain_xml(spec.instance_id)
+    assert re.match(r"<domain type='(kvm|qemu)'", xml)
+    assert "<memballoon model='none'/>" in xml and "<rom enabled='no'/>" in xml
+    console = host.console_log(spec.instance_id)
+    assert console.is_file()  # made at start, though a blank disk prints nothing
     started = time.monotonic()
-    host.power_off(spec.instance_id, clean_timeout=2, retry_interval=1)
-    assert time.monotonic() - started >= 2  # no guest OS: ACPI is ignored, then destroy
+    ended = host.power_off(spec.instance_id, clean_timeout=2, retry_interval=1)
+    assert ended == TIMED_OUT  # no guest OS: ACPI is ignored, then destroy
+    assert time.monotonic() - started >= 2
+    assert console.is_file()  # the log outlives a power-off
     assert host.power_state(spec.instance_id) == SHUTDOWN
     snapshot_id = str(uuid.uuid4())
     size = host.export_disk(spec.instance_id, images.path_for(snapshot_id))
@@ -407,6 +422,7 @@ def test_real_shelve_cycle_keeps_the_disk_contents(real_env: RealEnv) -> None:
     info = images.commit(snapshot_id, f"{spec.name}-shelved", spec.instance_id)
     assert (info.format, info.virtual_size) == ("qcow2", GiB)
     twice(lambda: host.undefine(spec.instance_id))
+    assert not console.exists()  # and goes with the domain
     disk_file = real_env.base / "data" / "hosts" / host.name / "disks" / f"{spec.instance_id}.qcow2"
     assert disk_file.is_file()
     twice(lambda: host.delete_disk(spec.instance_id))

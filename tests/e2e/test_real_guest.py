@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from bench.guest_image import (
     console_text,
     wait_for_console,
 )
-from tests.e2e.test_qemu import Cloud, _clean_up, _require_libvirtd, shelf_domains
+from tests.e2e.test_qemu import Cloud, _clean_up, _require_libvirtd, _wait_idle, shelf_domains
 
 pytestmark = pytest.mark.e2e
 
@@ -159,3 +160,44 @@ def test_guest_ignoring_acpi_is_destroyed_after_the_timeout(guest_cloud: GuestCl
     assert [e["details"] for e in power_offs] == ["destroyed after the clean-shutdown timeout"]
     assert re.search(r"PowerOff\s+Success\s+\S+\s+destroyed after",
                      cloud.shelf("actions", "vm1").stdout)
+
+
+def _wait_for_task(cloud: GuestCloud, task_state: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while cloud.show("vm1")["task_state"] != task_state:
+        assert time.monotonic() < deadline, f"vm1 never reached task {task_state}"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("kill", ["during-clean-shutdown-wait", "after:Snapshot"])
+def test_serve_killed_mid_shelve_resumes_and_the_guest_comes_back(
+    guest_cloud: GuestCloud, kill: str
+) -> None:
+    """The crash matrix's real-qemu subset with the real guest: `serve` killed -9 while it
+    waits for the guest's clean shutdown (a guest that ignores ACPI, so the wait is long),
+    or by the `crash` failpoint after the snapshot; a restarted `serve` finishes the
+    shelve, and the guest unshelved on the other host has its data and its address."""
+    cloud = guest_cloud
+    waiting = kill == "during-clean-shutdown-wait"
+    killed = cloud.serve("" if waiting else f"{kill}=crash",
+                         options=("--shutdown-timeout", "600") if waiting else ())
+    instance_id, console = cloud.boot("guest-ignores-acpi" if waiting else "guest")
+    ip = cloud.show("vm1")["ip"]
+    assert _bound_after(console, 0) == ip
+    cloud.shelf("shelve", "vm1")
+    if waiting:
+        _wait_for_task(cloud, "shelving")
+        time.sleep(2)  # well inside the 600 s wait (no assert rests on it)
+        killed.kill()
+    assert killed.wait(timeout=300) in (137, -9), (cloud.root / "serve.log").read_text()[-3000:]
+    assert cloud.show("vm1")["task_state"] is not None
+
+    cloud.serve()  # 3 s clean-shutdown timeout, no failpoints
+    _wait_idle(cloud)
+    vm = cloud.show("vm1")
+    assert (vm["vm_state"], vm["fault"]) == ("shelved_offloaded", None)
+    cloud.shelf("unshelve", "vm1", "--host", cloud.other_host, "--wait")
+    new_console = cloud.console(instance_id, cloud.other_host)
+    assert wait_for_console(new_console, BOOT_LINE) == "2"
+    assert _bound_after(new_console, 0) == ip
+    assert cloud.shelf("reconcile", check=False).returncode == 0

@@ -7,7 +7,10 @@ is deleted, as any script must). Prints both times and `ratio = shelf / bare` la
 
     python -m bench.qemu --disk-mb 512
 
-Both sides power off with a 0 s clean-shutdown timeout: the guest has no OS to answer ACPI.
+The guest is the tests' real Linux guest (bench/guest_image.py) under TCG, with the data
+written after its partitions. Both sides ask it for a clean (ACPI) shutdown and wait for
+it, and both report what the guest sees: shelve request -> guest powered off, and unshelve
+request -> guest has its address again (its console's "bound" line).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import libvirt
 
 from adapters.libvirt_xml import DiskSource, DomainOptions, dhcp_host_xml, domain_xml
 from bench.common import figure, machine, median, note, tmp_dir
+from bench.guest_image import BOUND_LINE, MEMORY_MB, console_text, guest_images, wait_for_console
 from domain.ports import DomainSpec
 
 SHELF = str(Path(sys.executable).with_name("shelf"))
@@ -44,14 +48,20 @@ def drop_page_cache() -> None:
         note("bench: can't drop the page cache (not root?): the ratio may favour one side")
 
 
+GUEST_MB = 65  # the guest's partitions; the data goes after them
+
+
 def make_image(folder: Path, disk_mb: int) -> Path:
-    """A qcow2 image whose first `disk_mb` MB hold data (so copies move real bytes)."""
+    """The guest image with `disk_mb` MB of data after its partitions (so copies move real
+    bytes)."""
     image = folder / "base.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image),
-                    f"{max(disk_mb, 64)}M"], check=True)
+    shutil.copy(guest_images().listens, image)
+    subprocess.run(["qemu-img", "resize", "-q", str(image), f"{GUEST_MB + disk_mb}M"],
+                   check=True)
     writes = []  # qemu-io takes at most 2 GiB per request
     for offset in range(0, disk_mb, 1024):
-        writes += ["-c", f"write -P 0x5a {offset}M {min(1024, disk_mb - offset)}M"]
+        size = min(1024, disk_mb - offset)
+        writes += ["-c", f"write -P 0x5a {GUEST_MB + offset}M {size}M"]
     subprocess.run(["qemu-io", *writes, str(image)], check=True, capture_output=True)
     return image
 
@@ -63,11 +73,12 @@ class ShelfSide:
                     "SHELF_DATA_DIR": str(self.root / "data"), "SHELF_LOG_LEVEL": "warning"}
         self.host = f"bench-{uuid.uuid4().hex[:6]}"
         self.shelf("host", "add", self.host, "--uri", URI, "--vcpus", "2",
-                   "--memory-mb", "1024", "--disk-gb", "20")
+                   "--memory-mb", "1024", "--disk-gb", "20", "--virt-type", "qemu")
         self.shelf("image", "import", "base", str(image))
-        with open(self.root / "serve.log", "ab") as log:
-            self.serve = subprocess.Popen([SHELF, "serve", "--shutdown-timeout", "0"],
-                                          env=self.env, stdout=subprocess.DEVNULL, stderr=log)
+        with open(self.root / "serve.log", "ab") as log:  # serve's 60 s clean shutdown
+            self.serve = subprocess.Popen([SHELF, "serve"], env=self.env,
+                                          stdout=subprocess.DEVNULL, stderr=log)
+        self.guest_seconds: dict[str, float] = {}
 
     def shelf(self, *argv: str) -> str:
         done = subprocess.run([SHELF, *argv], env=self.env, capture_output=True, text=True)
@@ -76,17 +87,26 @@ class ShelfSide:
         return done.stdout
 
     def cycle(self) -> float:
-        self.shelf("boot", "vm1", "--host", self.host, "--vcpus", "1", "--memory-mb", "64",
-                   "--disk-gb", "1", "--image", "base", "--wait")
+        instance_id = self.shelf("boot", "vm1", "--host", self.host, "--vcpus", "1",
+                                 "--memory-mb", str(MEMORY_MB), "--disk-gb", "1", "--image",
+                                 "base", "--wait").strip()
+        console = self.root / "data" / "hosts" / self.host / "console" / f"{instance_id}.log"
+        wait_for_console(console, BOUND_LINE)  # up, and listening for the power button
         drop_page_cache()
         started = time.monotonic()
         self.shelf("shelve", "vm1", "--wait")
+        unshelving = time.monotonic()
         self.shelf("unshelve", "vm1", "--wait")
-        return time.monotonic() - started
+        total = time.monotonic() - started
+        wait_for_console(console, BOUND_LINE)  # the log of the new domain
+        self.guest_seconds["guest: bound after unshelve"] = time.monotonic() - unshelving
+        return total
 
     def step_seconds(self) -> dict[str, float]:
         """Where serve spent the time: each step of the shelve and the unshelve, from the
-        audit trail (each step runs from the previous record to its own)."""
+        audit trail (each step runs from the previous record to its own: the shelve's
+        PowerOff is request -> guest powered off), then the seconds from the unshelve
+        request to the guest's address."""
         spent: dict[str, float] = {}
         for action in json.loads(self.shelf("actions", "vm1", "--json"))[-2:]:
             for event in action["events"]:
@@ -95,7 +115,7 @@ class ShelfSide:
                 spent[key] = spent.get(key, 0.0) + seconds
             spent[f"{action['action']}: in serve"] = (
                 _moment(action["finish_time"]) - _moment(action["start_time"]))
-        return spent
+        return {**spent, **self.guest_seconds}
 
     def close(self) -> None:
         instance = json.loads(self.shelf("show", "vm1", "--json"))
@@ -116,11 +136,12 @@ class BareSide:
         self.image, self.disk = image, self.root / "disk.qcow2"
         self.snapshot = self.root / "snapshot.qcow2"
         self.spec = DomainSpec(instance_id=str(uuid.uuid4()), name="bare", vcpus=1,
-                               memory_mb=64, disk_gb=1, mac="52:54:00:d5:ff:fe",
+                               memory_mb=MEMORY_MB, disk_gb=1, mac="52:54:00:d5:ff:fe",
                                ip="10.213.255.254")
-        virt_type = "kvm" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "qemu"
+        self.console = self.root / "console.log"
         self.xml = domain_xml(self.spec, DiskSource(str(self.disk), "qcow2"),
-                              DomainOptions(virt_type))
+                              DomainOptions("qemu", machine="pc", cpu_model="qemu64"),
+                              self.console)
 
     def _convert(self, source: Path, dest: Path) -> None:
         subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(source), str(dest)],
@@ -140,17 +161,23 @@ class BareSide:
 
     def cycle(self) -> float:
         self._spawn(self.image)
+        wait_for_console(self.console, BOUND_LINE)  # up, and listening for the power button
         self.spent: dict[str, float] = {}
         drop_page_cache()
         started = time.monotonic()
         domain = self.conn.lookupByName(f"shelf-{self.spec.instance_id}")
-        self._timed("PowerOff", domain.destroy)   # shelve: power off (0 s timeout)
+        self._timed("PowerOff", lambda: _clean_shutdown(domain))  # as shelf's serve asks
         self._timed("Snapshot", self._durable_snapshot)
         self._timed("CleanNetwork", lambda: self._dhcp(libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE))
         self._timed("Destroy", lambda: self._undefine(domain))
+        seen = len(console_text(self.console))  # the log is appended to, boot after boot
+        unshelving = time.monotonic()
         self._timed("Spawn+SetupNetwork", lambda: self._spawn(self.snapshot))  # unshelve
         self._timed("DeleteImage", self.snapshot.unlink)
-        return time.monotonic() - started
+        total = time.monotonic() - started
+        wait_for_console(self.console, BOUND_LINE, seen)
+        self.spent["guest: bound after unshelve"] = time.monotonic() - unshelving
+        return total
 
     def _durable_snapshot(self) -> None:
         """qemu-img convert, then fsync: the disk is about to be deleted, so the snapshot
@@ -179,6 +206,17 @@ class BareSide:
         self._dhcp(libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE)
         self.conn.close()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _clean_shutdown(domain: libvirt.virDomain, timeout: float = 60) -> None:
+    """ACPI shutdown and wait for the guest to power off (destroy after `timeout`)."""
+    deadline = time.monotonic() + timeout
+    domain.shutdown()
+    while domain.isActive():
+        if time.monotonic() > deadline:
+            domain.destroy()
+            return
+        time.sleep(0.2)
 
 
 def _moment(text: str) -> float:

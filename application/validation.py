@@ -62,9 +62,20 @@ def _text(value: Any, field: str, longest: int) -> str:
         raise ValidationError(field, f"{field} must not be empty")
     if _CONTROL.search(value):
         raise ValidationError(field, f"{field} {_shown(value)} holds a control character")
+    if not value.isascii() and not _is_utf8(value):
+        raise ValidationError(field, f"{field} {_shown(value)} is not valid UTF-8")
     if len(value) > longest:
         raise ValidationError(field, f"{field} is longer than {longest} characters")
     return value
+
+
+def _is_utf8(value: str) -> bool:
+    """Bytes that aren't UTF-8 reach Python as lone surrogates, which no store can write."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # ---- names and references ---------------------------------------------------------------

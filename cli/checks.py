@@ -8,6 +8,7 @@ Checks go by the argument's name (its argparse `dest`), so a new command's `--ho
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +53,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     values = vars(args)
     if values.get("store") is not None:
         v.store_url(values["store"])
+    _check_environment(values)
     kind = NAMES_MADE_BY.get(command_of(args))
     if values.get("name") is not None:
         if kind is not None:
@@ -63,6 +65,15 @@ def check_arguments(args: argparse.Namespace) -> None:
             positional = _is_positional(args, dest)
             check(values[dest], POSITIONAL[dest] if positional else _option(dest))
     v.time_window(values.get("since"), values.get("until"))
+
+
+def _check_environment(values: dict[str, Any]) -> None:
+    """$SHELF_STORE and $SHELF_USER stand for --store and --user when those aren't given:
+    they are checked as those are."""
+    if values.get("store") is None and os.environ.get("SHELF_STORE"):
+        v.store_url(os.environ["SHELF_STORE"], "SHELF_STORE")
+    if values.get("user") is None and os.environ.get("SHELF_USER"):
+        v.reference(os.environ["SHELF_USER"], "SHELF_USER")
 
 
 def command_of(args: argparse.Namespace) -> tuple[str, str | None]:

@@ -4,11 +4,16 @@ documented exit code, within a bound, and records nothing."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from cli.main import main
 from tests.conftest import Harness
+from tests.integration.test_bad_input import SIZES, count_events, one_line, run_in_process
 from tests.integration.test_unreachable_host import _Listener
+
+NOT_UTF8 = "\udcff"  # a byte that is not UTF-8 on the command line, as Python hands it on
 
 
 @pytest.mark.timeout(120)
@@ -24,3 +29,41 @@ def test_a_postgresql_server_that_never_answers_fails_the_command(
         listener.close()
     assert result.code == 1, result
     assert result.err.count("\n") == 1 and "timeout" in result.err, result
+
+
+@pytest.fixture
+def fleet(harness_factory: Any, tmp_path: Path) -> Harness:
+    h: Harness = harness_factory(start=False)
+    h.add_host("h1")
+    h.ok("boot", "vm1", "--host", "h1", *SIZES)
+    return h
+
+
+def _refused(h: Harness, *argv: str) -> None:
+    before = count_events(h.store)
+    result = h.shelf(*argv)
+    assert (result.code, one_line(result)) == (2, True), result
+    assert count_events(h.store) == before
+
+
+def test_text_that_is_not_utf8_is_a_usage_error(fleet: Harness, tmp_path: Path) -> None:
+    """It was exit 1 with a UnicodeEncodeError (the store's encoder refused it); as a
+    --uri it sent libvirt a name it can't take."""
+    node = tmp_path / f"node{NOT_UTF8}.xml"
+    node.write_text((tmp_path / "h1.xml").read_text())
+    _refused(fleet, "--user", f"a{NOT_UTF8}", "boot", "vm2", "--host", "h1", *SIZES)
+    _refused(fleet, "show", NOT_UTF8)
+    _refused(fleet, "audit", "--action", NOT_UTF8)
+    _refused(fleet, "host", "add", "h2", "--uri", f"test://{node}", *SIZES)
+
+
+def test_the_environment_is_checked_as_its_options_are(
+        fleet: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SHELF_USER stands for --user: `--user 'a<newline>b'` was refused, and the same
+    SHELF_USER recorded a boot by that user."""
+    monkeypatch.setenv("SHELF_USER", "a\nb")
+    before = count_events(fleet.store)
+    result = run_in_process(main, "--store", fleet.store, "boot", "vm2", "--host", "h1",
+                            *SIZES)
+    assert (result.code, one_line(result)) == (2, True), result
+    assert count_events(fleet.store) == before

@@ -40,6 +40,7 @@ SHUTDOWN_SECONDS = (0.0, 86400.0)  # serve --shutdown-timeout
 RETRY_SECONDS = (0.1, 3600.0)  # serve --shutdown-retry-interval
 OFFLOAD_SECONDS = (0.0, 10 * 365 * 86400.0)  # serve --shelved-offload-time, or -1
 CONNECT_SECONDS = (0.001, 86400.0)  # --connect-timeout (adapters/libvirt_connection.py)
+TOKEN_LIFETIME_SECONDS = (1.0, 365 * 86400.0)  # user rotate-keys --token-lifetime
 TEXT_MAX = 255  # a reference (id or name), a user, an audit filter
 URI_MAX = 1024
 

@@ -44,6 +44,7 @@ CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "shelved_offload_time": lambda value, field: v.seconds(value, field, v.OFFLOAD_SECONDS,
                                                            also=(-1,)),
     "as_of": v.moment,
+    "token_lifetime": lambda value, field: v.seconds(value, field, v.TOKEN_LIFETIME_SECONDS),
 }
 POSITIONAL = {"instance": "INSTANCE", "name": "NAME"}
 

@@ -67,3 +67,18 @@ def test_the_environment_is_checked_as_its_options_are(
                             *SIZES)
     assert (result.code, one_line(result)) == (2, True), result
     assert count_events(fleet.store) == before
+
+
+@pytest.mark.parametrize("lifetime", ["-1", "0", "nan", "1e300"])
+def test_rotate_keys_refuses_a_token_lifetime_out_of_range(
+        fleet: Harness, tmp_path: Path, lifetime: str) -> None:
+    """`--token-lifetime -1` dropped every older signing key at once (exit 0): every live
+    token stopped verifying."""
+    keys = tmp_path / "keys"
+    fleet.ok("user", "rotate-keys", "--token-keys", str(keys))
+    fleet.ok("user", "rotate-keys", "--token-keys", str(keys))
+    before = sorted(keys.iterdir())
+    result = fleet.shelf("user", "rotate-keys", "--token-keys", str(keys),
+                         "--token-lifetime", lifetime)
+    assert (result.code, one_line(result)) == (2, True), result
+    assert sorted(keys.iterdir()) == before

@@ -2,6 +2,8 @@
 
 The sidecar is written last and atomically, so a data file without one is a partial write
 (a snapshot interrupted by a crash): never returned by `get`/`list`, found by `partials()`.
+Each sidecar names the store that made the image: a store deletes only its own images, and
+finds images by name among its own (then among those made before stores had ids).
 An import is copied to a hidden `.<id>.img.importing` first and renamed when complete, so
 no import in progress (nor one killed half-way) ever looks like an image or a partial one.
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from adapters.logs import get_logger
-from domain.ports import ImageInfo, ImageNotFound
+from domain.ports import HypervisorError, ImageInfo, ImageNotFound
 
 log = get_logger()
 
@@ -69,10 +71,12 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 class DirectoryImageStore:
-    """`domain.ports.ImageStore` over one directory."""
+    """`domain.ports.ImageStore` over one directory, for the store `store_id` (None: no
+    store, as for tests of the directory alone)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, store_id: str | None = None) -> None:
         self.root = root
+        self.store_id = store_id
         root.mkdir(parents=True, exist_ok=True)
 
     def path_for(self, image_id: str) -> Path:
@@ -89,7 +93,7 @@ class DirectoryImageStore:
         if not path.is_file():
             raise ImageNotFound(f"image {image_id}: no file {path} to commit")
         _fsync_path(path)  # the data must be durable before the sidecar says it is complete
-        info = _describe(image_id, name, instance_id, path)
+        info = _describe(image_id, name, instance_id, path, self.store_id)
         _write_atomically(self._sidecar(image_id), json.dumps(dataclasses.asdict(info)))
         log.info("image committed", image_id=image_id, name=name, size=info.size)
         return info
@@ -102,6 +106,10 @@ class DirectoryImageStore:
         return ImageInfo(**fields)
 
     def delete(self, image_id: str) -> None:
+        existing = self.get(image_id)
+        if existing is not None and not self.may_delete(existing):
+            raise HypervisorError(f"image {image_id} belongs to store {existing.store_id}, "
+                                  "not this one: not deleted")
         # Sidecar first: a crash in between leaves a partial file, never a broken image.
         self._sidecar(image_id).unlink(missing_ok=True)
         self.path_for(image_id).unlink(missing_ok=True)
@@ -111,6 +119,16 @@ class DirectoryImageStore:
         images = (self.get(image_id) for image_id in self._ids_with_suffix(SIDECAR_SUFFIX))
         found = [image for image in images if image is not None]
         return sorted(found, key=lambda image: (image.created_at, image.id))
+
+    def may_delete(self, image: ImageInfo) -> bool:
+        """Another store's image never; one from before stores had ids is judged by the
+        caller, by the ids this store issued."""
+        return image.store_id is None or image.store_id == self.store_id
+
+    def usable(self) -> builtins.list[ImageInfo]:
+        """The images this store may boot from by name: its own, and those made before
+        stores had ids (another store's are not found by name)."""
+        return [image for image in self.list() if image.store_id in (None, self.store_id)]
 
     def import_file(self, name: str, src: Path) -> ImageInfo:
         """Copy a user's qcow2 or raw file in under a fresh id."""
@@ -127,13 +145,16 @@ class DirectoryImageStore:
         return self.commit(image_id, name, None)
 
     def find(self, name_or_id: str) -> ImageInfo | None:
-        """The image with this id, else the newest image with this name."""
+        """The image with this id, else the newest of this store's images with this name,
+        else the newest with this name made before stores had ids."""
         if _is_valid_id(name_or_id):
             by_id = self.get(name_or_id)
             if by_id is not None:
                 return by_id
-        named = [image for image in self.list() if image.name == name_or_id]
-        return named[-1] if named else None
+        named = [image for image in self.usable() if image.name == name_or_id]
+        own = [image for image in named if image.store_id is not None]
+        found = own or named
+        return found[-1] if found else None
 
     def partials(self) -> builtins.list[str]:
         """Ids of image files with no sidecar: writes a crash interrupted."""
@@ -146,7 +167,9 @@ class DirectoryImageStore:
         return [image_id for image_id in ids if _is_valid_id(image_id)]
 
 
-def _describe(image_id: str, name: str, instance_id: str | None, path: Path) -> ImageInfo:
+def _describe(
+    image_id: str, name: str, instance_id: str | None, path: Path, store_id: str | None
+) -> ImageInfo:
     disk = probe_disk_file(path)
     return ImageInfo(
         id=image_id,
@@ -156,6 +179,7 @@ def _describe(image_id: str, name: str, instance_id: str | None, path: Path) -> 
         virtual_size=disk.virtual_size,
         created_at=datetime.now(UTC).isoformat(),
         instance_id=instance_id,
+        store_id=store_id,
     )
 
 

@@ -1,7 +1,10 @@
 """`domain.ports.HostDriver` over libvirt-python: one long-lived connection per host.
 
-Names on a host: domain `shelf-<instance id>`, local root disk `<instance id>.qcow2` in the dir
-pool `shelf-disks-<host>` (`<data_dir>/hosts/<host>/disks`), network `shelf-net`. Files that are
+Names on a host: domain `shelf-<instance id>` (its metadata names the store), local root disk
+`<instance id>.qcow2` in the store's own dir pool `shelf-disks-<host>-<tag>`
+(`<data_dir>/hosts/<host>/disks-<tag>`; `shelf-disks-<host>` and `…/disks` for a host added
+before the store had an id), network `shelf-net`, whose DHCP entries are named
+`<instance name>-<tag>`. An entry named with another store's tag is never changed. Files that are
 not on a host (images, exports, volumes) are reached through transient dir pools on their
 directories (`shelf-images-…`, `shelf-exports-…`, `shelf-volumes-…`, or any pool that already
 serves the directory), so every copy is libvirt's own (`createXMLFrom`, i.e. `qemu-img convert`).
@@ -71,6 +74,7 @@ from domain.ports import (
     HypervisorError,
     ImageNotFound,
 )
+from domain.store_identity import StoreMark
 
 log = get_logger()
 
@@ -173,13 +177,14 @@ class LibvirtHost:
     def __init__(
         self, name: str, uri: str, data_dir: Path, bounds: ConnectionBounds | None = None,
         virt_type: str = "auto",
+        mark: StoreMark | None = None,
     ) -> None:
         self.name = name
         self.uri = uri
         self.data_dir = data_dir
         self.bounds = bounds or ConnectionBounds.from_env()
-        self.disks_dir = data_dir / "hosts" / name / "disks"
-        self.disks_pool_name = f"shelf-disks-{name}"
+        self.mark = mark  # None: a driver outside any store (tests, clean-ups): old names
+        self.disks_dir, self.disks_pool_name = disks_pool_for(name, data_dir, mark)
         self._lock = threading.RLock()
         self._closed = False
         self._ready = False
@@ -251,7 +256,7 @@ class LibvirtHost:
             try:
                 self._ensure_disks_pool()
                 self._ensure_network()
-            except (libvirt.libvirtError, OSError) as exc:
+            except (libvirt.libvirtError, OSError, _Refusal) as exc:
                 raise _error_class(exc)(
                     f"host {self.name}: prepare pool {self.disks_pool_name} and network "
                     f"{NETWORK_NAME}: {_one_line(exc)}"
@@ -271,9 +276,10 @@ class LibvirtHost:
             log.info("disks pool defined", host=self.name, path=str(self.disks_dir))
         target = pool_target_path(pool.XMLDesc(0))
         if target is not None and target.resolve() != self.disks_dir.resolve():
-            # Same host name, other data dir: the pool (and its disks) win over the new path.
-            log.warning("disks pool serves another directory", host=self.name,
-                        pool_path=str(target), expected=str(self.disks_dir))
+            # Another store (or this one with another SHELF_DATA_DIR) made it: its disks
+            # are not ours to use or judge.
+            raise _Refusal(f"pool {self.disks_pool_name} serves {target}, not "
+                           f"{self.disks_dir}: another store or SHELF_DATA_DIR uses it")
         if not pool.isActive():
             pool.create(0)
 
@@ -539,7 +545,8 @@ class LibvirtHost:
     def _define(self, spec: DomainSpec) -> libvirt.virDomain:
         console = self.console_log(spec.instance_id)
         console.parent.mkdir(parents=True, exist_ok=True)
-        options = self._domain_options()
+        options = dataclasses.replace(self._domain_options(),
+                                      store_id=self.mark.store_id if self.mark else None)
         if spec.machine and options.machine:  # the machine type of its first domain
             options = dataclasses.replace(options, machine=spec.machine)
         xml = domain_xml(spec, self._root_disk(spec), options, console)
@@ -705,8 +712,16 @@ class LibvirtHost:
 
     @_operation("read DHCP hosts of network " + NETWORK_NAME)
     def dhcp_hosts(self) -> dict[str, str]:
-        """mac (lower case) -> ip of every DHCP host entry."""
-        return {entry.mac: entry.ip for entry in self._dhcp_entries()}
+        """mac (lower case) -> ip of every DHCP host entry not named by another store."""
+        return {e.mac: e.ip for e in self._dhcp_entries() if not self._foreign(e)}
+
+    @_operation("read DHCP hosts of network " + NETWORK_NAME)
+    def foreign_dhcp_hosts(self) -> dict[str, str]:
+        """mac -> ip of the DHCP host entries named by another store."""
+        return {e.mac: e.ip for e in self._dhcp_entries() if self._foreign(e)}
+
+    def _foreign(self, entry: DhcpHost) -> bool:
+        return self.mark is not None and self.mark.owns_tagged(entry.name) is False
 
     def _dhcp_entries(self) -> list[DhcpHost]:
         return dhcp_host_entries(self._network().XMLDesc(0))
@@ -719,21 +734,30 @@ class LibvirtHost:
         mac = mac.lower()
         entries = self._dhcp_entries()
         mine = [entry for entry in entries if entry.mac == mac]
+        if any(self._foreign(entry) for entry in mine):
+            # Two stores on one network drew the same address: refuse, never take it over.
+            raise _Refusal(f"MAC {mac} is reserved by another shelf store on {NETWORK_NAME}")
         if any(entry.ip == ip for entry in mine):
             return
         if mine:  # the mac's old reservation, for another ip
             self._update_dhcp(libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE, dhcp_host_xml(mac))
-        # libvirt refuses a second entry with the same name: then the entry goes without one.
         taken = {entry.name for entry in entries if entry.mac != mac}
-        host_name = name if is_hostname(name) and name not in taken else None
-        xml = dhcp_host_xml(mac, ip, host_name)
+        xml = dhcp_host_xml(mac, ip, self._dhcp_name(name, mac, taken))
         self._update_dhcp(libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, xml)
         log.info("DHCP host added", host=self.name, mac=mac, ip=ip, stale=len(mine))
+
+    def _dhcp_name(self, name: str, mac: str, taken: set[str | None]) -> str | None:
+        """The instance's name, tagged with the store's; libvirt refuses a second entry
+        with the same name: then the store's tag on the MAC, or (no store) no name."""
+        tagged = self.mark.tagged(name) if self.mark else name
+        if is_hostname(tagged) and tagged not in taken:
+            return tagged
+        return self.mark.tagged("shelf-" + mac.replace(":", "")) if self.mark else None
 
     @_operation("remove DHCP host {mac}")
     def remove_dhcp_host(self, mac: str) -> None:
         mac = mac.lower()
-        if any(entry.mac == mac for entry in self._dhcp_entries()):
+        if any(e.mac == mac and not self._foreign(e) for e in self._dhcp_entries()):
             self._update_dhcp(libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE, dhcp_host_xml(mac))
             log.info("DHCP host removed", host=self.name, mac=mac)
 
@@ -755,11 +779,11 @@ class TestDriverHost(LibvirtHost):
     __test__ = False  # not a pytest test class, despite the name
 
     def __init__(
-        self, name: str, uri: str, data_dir: Path, bounds: ConnectionBounds | None = None, *,
-        guests_ignore_shutdown: bool = False,
+        self, name: str, uri: str, data_dir: Path, bounds: ConnectionBounds | None = None,
+        mark: StoreMark | None = None, *, guests_ignore_shutdown: bool = False,
     ) -> None:
         self.guests_ignore_shutdown = guests_ignore_shutdown
-        super().__init__(name, uri, data_dir, bounds)
+        super().__init__(name, uri, data_dir, bounds, mark=mark)
 
     def _can_reconnect(self) -> bool:
         return False  # a new connection would be a fresh, empty test host
@@ -827,15 +851,25 @@ def _image_virtual_size(image_path: Path) -> int:
     return probe_disk_file(image_path).virtual_size
 
 
+def disks_pool_for(host: str, data_dir: Path, mark: StoreMark | None) -> tuple[Path, str]:
+    """A host's disks directory and pool: the store's own, so that two stores sharing a
+    libvirtd and a data directory never share one; the old ones for a host added before
+    the store had an id (its disks are there)."""
+    if mark is None or host in mark.legacy_hosts:
+        return data_dir / "hosts" / host / "disks", f"shelf-disks-{host}"
+    return data_dir / "hosts" / host / f"disks-{mark.tag}", f"shelf-disks-{host}-{mark.tag}"
+
+
 def open_host(
     name: str, uri: str, data_dir: Path, bounds: ConnectionBounds | None = None,
     virt_type: str = "auto",
+    mark: StoreMark | None = None,
 ) -> LibvirtHost:
     """The driver for a host: the test driver's for `test://…` URIs (also served by a
     daemon, `test+tcp://…`), else real libvirt's."""
     if uri.split(":", 1)[0].split("+", 1)[0] == "test":
-        return TestDriverHost(name, uri, data_dir, bounds)
-    return LibvirtHost(name, uri, data_dir, bounds, virt_type)
+        return TestDriverHost(name, uri, data_dir, bounds, mark=mark)
+    return LibvirtHost(name, uri, data_dir, bounds, virt_type, mark)
 
 
 class LibvirtHosts:
@@ -845,11 +879,13 @@ class LibvirtHosts:
         self, lookup_uri: Callable[[str], str], data_dir: Path,
         bounds: ConnectionBounds | None = None,
         lookup_virt_type: Callable[[str], str] | None = None,
+        mark: Callable[[], StoreMark | None] = lambda: None,
     ) -> None:
         self._lookup_uri = lookup_uri  # raises KeyError for an unknown host
         self._lookup_virt_type = lookup_virt_type or (lambda _host: "auto")
         self._data_dir = data_dir
         self._bounds = bounds or ConnectionBounds.from_env()
+        self._mark = mark  # read when a host is first used: the store's identity by then
         self._drivers: dict[str, LibvirtHost] = {}
         self._lock = threading.Lock()
         # One per host: a host that takes its connect timeout to answer (or not) delays
@@ -871,7 +907,8 @@ class LibvirtHosts:
                 except KeyError as exc:
                     raise UnknownHost(f"unknown host {host}") from exc
                 virt_type = self._lookup_virt_type(host)
-                driver = open_host(host, uri, self._data_dir, self._bounds, virt_type)
+                driver = open_host(host, uri, self._data_dir, self._bounds, virt_type,
+                                   self._mark())
                 with self._lock:
                     self._drivers[host] = driver
             return driver

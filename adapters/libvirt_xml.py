@@ -39,6 +39,7 @@ class DomainOptions:
     cpu_model: str | None = None
     # "restart" makes a test-driver domain ignore shutdown (tests of the timeout path).
     on_poweroff: str = "destroy"
+    store_id: str | None = None  # the store that made the domain, in its <metadata>
 
 
 def domain_name(instance_id: str) -> str:
@@ -61,7 +62,7 @@ def domain_xml(
     root = ET.Element("domain", type=options.virt_type)
     _text(root, "name", domain_name(spec.instance_id))
     _text(root, "description", spec.name)
-    _metadata(root, spec)
+    _metadata(root, spec, options.store_id)
     _text(root, "memory", str(spec.memory_mb), unit="MiB")
     _text(root, "vcpu", str(spec.vcpus))
     os_element = ET.SubElement(root, "os")
@@ -83,10 +84,18 @@ def domain_xml(
     return _to_string(root)
 
 
-def _metadata(root: ET.Element, spec: DomainSpec) -> None:
+def _metadata(root: ET.Element, spec: DomainSpec, store_id: str | None) -> None:
     instance = ET.SubElement(ET.SubElement(root, "metadata"), f"{{{METADATA_NS}}}instance")
     _text(instance, f"{{{METADATA_NS}}}id", spec.instance_id)
     _text(instance, f"{{{METADATA_NS}}}name", spec.name)
+    if store_id:
+        _text(instance, f"{{{METADATA_NS}}}store", store_id)
+
+
+def domain_store_id(domain_xml_text: str) -> str | None:
+    """The store id in a domain's shelf metadata (None: made before stores had ids)."""
+    return ET.fromstring(domain_xml_text).findtext(
+        f"metadata/{{{METADATA_NS}}}instance/{{{METADATA_NS}}}store")
 
 
 def _disk(devices: ET.Element, disk: DiskSource) -> None:

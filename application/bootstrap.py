@@ -24,6 +24,7 @@ from adapters.volumes import DirectoryVolumeStore
 from domain.errors import NotFound
 from domain.ports import HostDrivers
 from domain.service import LifecycleService, resolve_host
+from domain.store_identity import StoreMark, identify_store, known_mark
 from projections.db import Database
 from projections.runner import ProjectionRunner
 
@@ -91,8 +92,23 @@ class Context:
             told(count)
 
     @cached_property
+    def mark(self) -> StoreMark | None:
+        """This store's identity, None until a command that writes made it."""
+        return known_mark(self.repo)
+
+    def identify(self) -> StoreMark:
+        """This store's identity, made now if it has none: every command that writes (or
+        makes anything outside the store) calls this first."""
+        mark = self.mark or identify_store(self.repo)
+        self.__dict__["mark"] = mark
+        if "images" in self.__dict__:
+            self.images.store_id = mark.store_id
+        return mark
+
+    @cached_property
     def images(self) -> DirectoryImageStore:
-        return DirectoryImageStore(self.data_dir / "images")
+        known = self.__dict__.get("mark")  # reading the store for it is identify()'s job
+        return DirectoryImageStore(self.data_dir / "images", known.store_id if known else None)
 
     @cached_property
     def volumes(self) -> DirectoryVolumeStore:
@@ -106,7 +122,7 @@ class Context:
 
             bounds = ConnectionBounds.from_env(connect_timeout=self.connect_timeout)
             self._hosts = LibvirtHosts(self.host_uri, self.data_dir, bounds,
-                                       self.host_virt_type)
+                                       self.host_virt_type, lambda: self.__dict__.get("mark"))
         return self._hosts
 
     def host_uri(self, name: str) -> str:
@@ -126,6 +142,7 @@ class Context:
         from domain.process_manager import ProcessManager
 
         ensure_configured()  # it logs through structlog directly
+        self.identify()
         return ProcessManager(
             self.repo, self.hosts, self.images, self.volumes, settings, failpoints,
             served=served,

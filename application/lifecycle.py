@@ -44,6 +44,7 @@ def add_host(
     `virt_type` is kvm, qemu (TCG) or auto (see LibvirtHost._detect_virt_type)."""
     if virt_type not in VIRT_TYPES:
         raise UsageError(f"virt type must be one of {', '.join(VIRT_TYPES)}, not {virt_type}")
+    ctx.identify()
     vcpus, memory_mb, disk_gb = _capacity(ctx, name, uri, vcpus, memory_mb, disk_gb,
                                           connect_timeout)
     host = ctx.service.add_host(name, uri, vcpus, memory_mb, disk_gb, caller.user_name,
@@ -55,14 +56,17 @@ def _capacity(
     ctx: Context, name: str, uri: str, vcpus: int | None, memory_mb: int | None,
     disk_gb: int | None, connect_timeout: float | None,
 ) -> tuple[int, int, int]:
-    if vcpus is not None and memory_mb is not None and disk_gb is not None:
+    # On the local libvirtd (or when asking it for the capacity) the host's pool is made
+    # now: one that another store or data directory already uses is refused, in one line.
+    local = uri.startswith("qemu:///")
+    if vcpus is not None and memory_mb is not None and disk_gb is not None and not local:
         return vcpus, memory_mb, disk_gb
     from adapters.libvirt_connection import ConnectionBounds  # libvirt loads only when needed
     from adapters.libvirt_host import open_host
 
     bounds = ConnectionBounds.from_env(connect_timeout=connect_timeout)
     try:
-        driver = open_host(name, uri, ctx.data_dir, bounds)
+        driver = open_host(name, uri, ctx.data_dir, bounds, mark=ctx.identify())
         try:
             capacity = driver.capacity()
         finally:
@@ -87,6 +91,7 @@ def boot(
     request_id: str | None = None,
 ) -> Recorded:
     """Record a boot. `image` is an image's name or id (None: a blank root disk)."""
+    ctx.identify()
     image_id = None
     if image:
         found = ctx.images.find(image)
@@ -128,6 +133,7 @@ def import_image(ctx: Context, name: str, source: Path) -> dict[str, Any]:
     """Copy a qcow2 or raw file into the image store; the image's fields."""
     if not source.is_file():
         raise NotFound(f"no such file: {source}")
+    ctx.identify()
     try:
         info = ctx.images.import_file(name, source)
     except ValueError as error:

@@ -12,6 +12,7 @@ from application.bootstrap import Context
 from application.identity import Caller
 from domain.errors import UsageError
 from domain.instance import Instance
+from domain.ownership import FOREIGN
 from domain.reconcile import Difference, fix_leaks, reconcile
 from domain.service import all_hosts, find, new_request_id, resolve_host
 
@@ -39,13 +40,22 @@ def rebuild_projections(
     return Rebuilt(events, time.monotonic() - started)
 
 
-def differences(ctx: Context) -> list[Difference]:
-    """Where the store and the hosts (libvirt, the image store) disagree."""
+def differences(ctx: Context, include_foreign: bool = False) -> list[Difference]:
+    """Where the store and the hosts (libvirt, the image store) disagree about what is
+    this store's; with include_foreign, also what other stores or tools made
+    (docs/ownership.md)."""
+    store_id = ctx.identify().store_id
     ctx.catch_up()
     ids = [row["id"] for row in ctx.db.query("SELECT id FROM instances")]
     instances = [i for i in (find(ctx.repo, uuid.UUID(x), Instance) for x in ids) if i]
     return reconcile(instances, all_hosts(ctx.repo), ctx.hosts, ctx.images,
-                     ctx.images.partials())
+                     ctx.images.partials(), store_id=store_id,
+                     include_foreign=include_foreign)
+
+
+def unsettled(found: list[Difference]) -> bool:
+    """Whether any difference is this store's (a foreign thing is none)."""
+    return any(not difference.kind.startswith(FOREIGN) for difference in found)
 
 
 def fix(ctx: Context, caller: Caller, found: list[Difference]) -> list[Difference]:

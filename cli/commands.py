@@ -25,7 +25,7 @@ HOST_COLUMNS = ("name", "uri", "vcpus", "vcpus_used", "memory_mb", "memory_mb_us
                 "disk_gb", "disk_gb_used", "instances", "statuses")
 AUDIT_COLUMNS = ("position", "start_time", "action", "instance_name", "host", "user",
                  "result", "finish_time", "request_id", "message")
-IMAGE_COLUMNS = ("id", "name", "format", "virtual_size", "size", "created_at")
+IMAGE_COLUMNS = ("id", "name", "format", "virtual_size", "size", "created_at", "store_id")
 QUARANTINE_COLUMNS = ("position", "projection", "aggregate_id", "version", "reason")
 
 
@@ -211,11 +211,11 @@ def serve(ctx: Context, args: argparse.Namespace) -> int:
 # ---- reconcile ----------------------------------------------------------------------------
 
 def reconcile_command(ctx: Context, args: argparse.Namespace) -> int:
-    differences = maintenance.differences(ctx)
+    differences = maintenance.differences(ctx, args.all)
     if args.fix and differences:
         for difference in maintenance.fix(ctx, caller(ctx), differences):
             print(f"fixed {difference.kind} {difference.subject} {difference.host or ''}")
-        differences = maintenance.differences(ctx)
+        differences = maintenance.differences(ctx, args.all)
     rows = [vars(difference) for difference in differences]
     if args.json:
         render.print_json(rows)
@@ -223,4 +223,4 @@ def reconcile_command(ctx: Context, args: argparse.Namespace) -> int:
         render.print_table(rows, ("kind", "host", "subject", "detail"))
     else:
         print("clean: the store and every host agree")
-    return 1 if differences else 0
+    return 1 if maintenance.unsettled(differences) else 0

@@ -181,6 +181,8 @@ def _add_service_commands(sub: argparse._SubParsersAction[OneLineParser]) -> Non
                             "(default $SHELF_LIBVIRT_CONNECT_TIMEOUT, else 30)")
     serve.set_defaults(func=commands.serve)
     reconcile = sub.add_parser("reconcile", help="compare the store with every host")
+    reconcile.add_argument("--all", action="store_true",
+                           help="also list what other stores or tools made (never fixed)")
     reconcile.add_argument("--fix", action="store_true",
                            help="remove leaks that no instance owns")
     _json_option(reconcile)

@@ -105,7 +105,10 @@ class HostDriver(Protocol):
     def remove_dhcp_host(self, mac: str) -> None: ...
 
     def dhcp_hosts(self) -> dict[str, str]:
-        """mac -> ip of every DHCP host entry in the shelf network."""
+        """mac -> ip of every DHCP host entry in the shelf network but another store's."""
+
+    def foreign_dhcp_hosts(self) -> dict[str, str]:
+        """mac -> ip of the entries named with another store's tag."""
 
     def domains(self) -> list[str]:
         """Instance ids of every shelf domain defined on the host."""
@@ -131,6 +134,7 @@ class ImageInfo:
     virtual_size: int
     created_at: str
     instance_id: str | None
+    store_id: str | None = None  # the store that made it (None: made before stores had ids)
 
 
 class ImageStore(Protocol):
@@ -146,6 +150,7 @@ class ImageStore(Protocol):
         """A committed image, or None (a partial file is not an image)."""
 
     def delete(self, image_id: str) -> None:
-        """Remove the image and any partial file; no error when absent."""
+        """Remove the image and any partial file; no error when absent. An image another
+        store made is refused (HypervisorError)."""
 
     def list(self) -> list[ImageInfo]: ...

@@ -1,9 +1,12 @@
 """`reconcile`: what the store says against what every host and the image store have.
 
 Instances with a task in flight are not judged (their steps are between states); their
-belongings are not reported as leaks either. A libvirtd may be shared (other tools' domains,
-another shelf store, several shelf hosts on one daemon): only domains and DHCP entries whose
-instance id or MAC this store issued are judged, so `--fix` never touches what is not ours.
+belongings are not reported as leaks either. A libvirtd and a data directory may be shared
+(other tools' domains, another shelf store, several shelf hosts on one daemon): only what is
+provably this store's is judged (docs/ownership.md): domains and disks named with an
+instance id it issued, DHCP entries with a MAC it issued and no other store's tag, images
+marked with its id or (older ones) its instance or image ids. The rest is `foreign-…`, shown
+only when asked for and never fixed.
 """
 
 from __future__ import annotations
@@ -13,17 +16,19 @@ from dataclasses import dataclass
 
 from domain.host import Host
 from domain.instance import Instance
+from domain.ownership import (
+    FOREIGN,
+    Difference,
+    Issued,
+    foreign_images,
+    foreign_on_host,
+    issued_by,
+    owns_image,
+)
 from domain.ports import HostDrivers, HypervisorError, ImageInfo, ImageStore
 from domain.states import DELETED
 
-
-@dataclass(frozen=True)
-class Difference:
-    kind: str  # orphan-domain, missing-domain, orphan-disk, ... (see README)
-    host: str | None
-    subject: str
-    detail: str
-    fixable: bool = False
+__all__ = ["Difference", "fix_leaks", "reconcile"]
 
 
 @dataclass(frozen=True)
@@ -37,8 +42,10 @@ class InFlight:
 
 def reconcile(
     instances: Iterable[Instance], hosts: Iterable[Host], drivers: HostDrivers,
-    images: ImageStore, partial_images: Iterable[str] = (),
+    images: ImageStore, partial_images: Iterable[str] = (), *,
+    store_id: str | None = None, include_foreign: bool = False,
 ) -> list[Difference]:
+    instances, partial_images = list(instances), list(partial_images)
     live = [i for i in instances if i.vm_state != DELETED]
     moving = [i for i in live if not i.is_idle]
     busy = InFlight(
@@ -47,23 +54,32 @@ def reconcile(
                          if x),
     )
     settled = [i for i in live if i.is_idle]
-    ours = Issued(ids=frozenset(str(i.id) for i in instances),
-                  macs=frozenset(i.mac for i in instances))
+    ours = issued_by(instances)
     host_list = list(hosts)
     found: list[Difference] = []
     for host in host_list:
         neighbours = {h.name for h in host_list if h.uri == host.uri and h.name != host.name}
         found += _host_differences(host, settled, _Judged(busy, ours, neighbours), drivers)
-    found += _image_differences(settled, busy, images.list(), partial_images)
-    return found
+    stored = images.list()
+    owned = [image for image in stored if owns_image(image, store_id, ours)]
+    found += _image_differences(settled, busy, owned, [p for p in partial_images
+                                                      if p in ours.image_ids])
+    found += foreign_images([i for i in stored if i not in owned], partial_images, ours)
+    return _shown(found, include_foreign)
 
 
-@dataclass(frozen=True)
-class Issued:
-    """Every instance id and MAC this store ever handed out, deleted instances included."""
-
-    ids: frozenset[str]
-    macs: frozenset[str]
+def _shown(found: list[Difference], include_foreign: bool) -> list[Difference]:
+    """Foreign things only when asked for, once each (hosts on one libvirtd see the same)."""
+    seen: set[tuple[str, str]] = set()
+    shown = []
+    for difference in found:
+        if difference.kind.startswith(FOREIGN):
+            key = (difference.kind, difference.subject)
+            if not include_foreign or key in seen:
+                continue
+            seen.add(key)
+        shown.append(difference)
+    return shown
 
 
 @dataclass(frozen=True)
@@ -80,8 +96,11 @@ def _host_differences(
     try:
         driver = drivers.driver(name)
         domains, disks, dhcp = set(driver.domains()), set(driver.disks()), driver.dhcp_hosts()
+        foreign = foreign_on_host(name, domains, disks, dhcp, driver.foreign_dhcp_hosts(),
+                                  judged.ours)
     except (HypervisorError, KeyError) as error:
         return [Difference("unreachable-host", name, name, str(error))]
+    disks &= judged.ours.ids
     on_neighbours = [i for i in settled if i.host in judged.neighbours]
     domains = (domains & judged.ours.ids) - {str(i.id) for i in on_neighbours}
     macs = (set(dhcp) & judged.ours.macs) - {
@@ -97,6 +116,7 @@ def _host_differences(
         + _set_differences("disk", name, want_disks, disks - busy.ids, disks)
         + _set_differences("dhcp-entry", name, want_dhcp, macs - busy.macs, set(dhcp))
         + _set_differences("claim", name, want_claims, claims - busy.ids, claims)
+        + foreign
     )
 
 

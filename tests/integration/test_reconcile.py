@@ -19,12 +19,15 @@ from domain.ports import DomainSpec
 WAIT = ("--wait", "--timeout", "60")
 
 
-def run_reconcile(store_url: str, tmp_path: Path, hosts: Any, fix: bool) -> tuple[int, Any]:
+def run_reconcile(
+    store_url: str, tmp_path: Path, hosts: Any, fix: bool, all_: bool = False
+) -> tuple[int, Any]:
     ctx = Context(store_url, "operator", tmp_path / "data", hosts=hosts)
     out = io.StringIO()
     try:
         with redirect_stdout(out):
-            code = reconcile_command(ctx, argparse.Namespace(fix=fix, json=not fix))
+            args = argparse.Namespace(fix=fix, json=not fix, all=all_)
+            code = reconcile_command(ctx, args)
     finally:
         ctx.app.close()
         ctx.db.close()
@@ -91,3 +94,6 @@ def test_reconcile_reports_each_difference_and_fixes_only_our_leaks(
     assert foreign.instance_id in driver.domains()  # not ours: untouched
     assert foreign.mac in driver.dhcp_hosts()
     assert [i.id for i in images.list()] == [vm3["shelved_image_id"]]
+    code, rows = run_reconcile(store_url, tmp_path, hosts, fix=False, all_=True)
+    assert kinds(rows) == {("missing-disk", vm1["id"]), ("foreign-domain", foreign.instance_id),
+                           ("foreign-dhcp-entry", foreign.mac)}

@@ -72,7 +72,8 @@ class Context:
 
     @cached_property
     def service(self) -> LifecycleService:
-        return LifecycleService(self.repo)
+        mark = self.__dict__.get("mark")  # set by identify() in commands that boot
+        return LifecycleService(self.repo, mark.address_start if mark else 0)
 
     @cached_property
     def db(self) -> Database:

@@ -88,10 +88,12 @@ class AddressBlock(Aggregate):
         return address_block_id(block)
 
     @event("AddressBlockCreated")
-    def __init__(self, block: int) -> None:
+    def __init__(self, block: int, first_index: int = 0) -> None:
         self.block = block
         self.allocated: dict[str, str] = {}  # ip -> instance id
-        self.next_index = 0
+        # Where the store starts in each block (from its id): two stores sharing one
+        # libvirt network rarely draw the same address (which the network would refuse).
+        self.next_index = first_index
 
     def allocate(self, instance_id: str) -> str | None:
         """A free address of this block for the instance, or None when the block is full."""

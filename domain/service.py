@@ -80,8 +80,9 @@ def _parse_uuid(ref: str) -> uuid.UUID | None:
 
 
 class LifecycleService:
-    def __init__(self, repo: Repository) -> None:
+    def __init__(self, repo: Repository, address_start: int = 0) -> None:
         self.repo = repo
+        self.address_start = address_start  # the store's first index in an address block
 
     def add_host(
         self, name: str, uri: str, vcpus: int, memory_mb: int, disk_gb: int,
@@ -140,7 +141,7 @@ class LifecycleService:
         for offset in range(BLOCKS):
             number = (first + offset) % BLOCKS
             block = find(self.repo, address_block_id(number), AddressBlock)
-            block = block or AddressBlock(block=number)
+            block = block or AddressBlock(block=number, first_index=self.address_start)
             ip = block.allocate(str(instance_id))
             if ip is not None:
                 return block, ip

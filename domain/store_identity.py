@@ -47,6 +47,11 @@ class StoreMark:
     def tag(self) -> str:
         return self.store_id.replace("-", "")[:TAG_LENGTH]
 
+    @property
+    def address_start(self) -> int:
+        """Where this store starts in each /24 of the shared network."""
+        return int(self.tag, 16) % 256
+
     def tagged(self, name: str) -> str:
         return f"{name}-{self.tag}"
 

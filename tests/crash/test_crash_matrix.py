@@ -109,7 +109,7 @@ class CrashLab:
             instances = [i for i in (find(ctx.repo, uuid.UUID(x["id"]), Instance)
                                      for x in self.cli.ok("list", "--json").json()) if i]
             return reconcile(instances, all_hosts(ctx.repo), self.hosts, ctx.images,
-                             ctx.images.partials())
+                             ctx.images.partials(), store_id=ctx.identify().store_id)
         finally:
             ctx.app.close()
             ctx.db.close()

@@ -76,7 +76,9 @@ class Cloud:
             self.serve_proc.wait(timeout=60)
 
     def disk_of(self, instance_id: str) -> Path:
-        return self.root / "data" / "hosts" / self.host / "disks" / f"{instance_id}.qcow2"
+        """In the store's own pool directory, `disks-<the store's tag>`."""
+        [pool_dir] = (self.root / "data" / "hosts" / self.host).glob("disks-*")
+        return pool_dir / f"{instance_id}.qcow2"
 
     def image_file(self, image_id: str) -> Path:
         return self.root / "data" / "images" / f"{image_id}.img"

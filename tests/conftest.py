@@ -40,6 +40,14 @@ def _pg_unavailable(reason: str) -> None:
     pytest.skip(f"PostgreSQL not available: {reason}")
 
 
+@pytest.fixture(autouse=True)
+def _own_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test writes into the default data directory (/var/lib/shelf as root): a test that
+    sets no SHELF_DATA_DIR of its own gets one under its tmp_path."""
+    if not os.environ.get("SHELF_DATA_DIR"):
+        monkeypatch.setenv("SHELF_DATA_DIR", str(tmp_path / "data"))
+
+
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A database of its own, dropped afterwards."""

@@ -6,7 +6,9 @@ instances unshelve. SQLite beside SQLite, and SQLite beside PostgreSQL."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import subprocess
 import time
 import uuid
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.libvirt_host import open_host
+from tests.e2e.cleanup import remove_test_artifacts
 from tests.e2e.test_qemu import SHELF, Cloud, _clean_up, _require_libvirtd, qemu_io
 
 pytestmark = pytest.mark.e2e
@@ -78,19 +80,10 @@ def two(request: pytest.FixtureRequest) -> Iterator[tuple[Side, Side]]:
         yield a, b
     finally:
         b.stop_serving()
-        _clean_up_instances(b)
-        _clean_up(a)  # and the pools under root (both stores'), and root itself
-
-
-def _clean_up_instances(side: Side) -> None:
-    listing = side.shelf("list", "--json", check=False)
-    driver = open_host(side.host, "qemu:///system", side.root / "data")
-    try:
-        for row in json.loads(listing.stdout or "[]"):
-            driver.undefine(row["id"])
-            driver.remove_dhcp_host(row["mac"])
-    finally:
-        driver.close()
+        b_listing = b.shelf("list", "--json", check=False).stdout
+        _clean_up(a)  # both stores' domains, pools and directory are under root
+        with contextlib.suppress(ValueError):
+            remove_test_artifacts(root, [row["mac"] for row in json.loads(b_listing or "[]")])
 
 
 def populate(side: Side) -> dict[str, str]:
@@ -156,3 +149,28 @@ def _wait_idle(side: Side, name: str) -> None:
     while side.show(name)["task_state"] is not None:
         assert time.monotonic() < deadline, f"{name} of store {side.label} stayed busy"
         time.sleep(0.3)
+
+
+def test_a_copy_of_a_store_elsewhere_is_refused_at_host_add() -> None:
+    """A copied store file has the original's id: on another data directory its host's
+    pool would serve the original's disks. `host add` refuses, in one line."""
+    _require_libvirtd()
+    root = Path(f"/var/tmp/shelf-e2e-{uuid.uuid4().hex[:8]}")
+    (root / "copy").mkdir(parents=True)
+    host = f"e2e-{uuid.uuid4().hex[:8]}"
+    original = Side(f"sqlite:///{root / 'a.db'}", root, host, "a")
+    copy = Side(f"sqlite:///{root / 'copy' / 'a.db'}", root / "copy", host, "copy")
+    add = ("host", "add", host, "--uri", "qemu:///system", "--vcpus", "1",
+           "--memory-mb", "64", "--disk-gb", "1")
+    try:
+        (root / "tiny.raw").write_bytes(b"tiny")
+        original.shelf("image", "import", "tiny", str(root / "tiny.raw"))  # it has an id now
+        shutil.copy(root / "a.db", root / "copy" / "a.db")
+        original.shelf(*add)
+        refused = copy.shelf(*add, check=False)
+        assert refused.returncode == 1
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert "another store or SHELF_DATA_DIR uses it" in refused.stderr
+        assert copy.shelf("host", "list", "--json").stdout.strip() == "[]"
+    finally:
+        _clean_up(original)

@@ -4,7 +4,7 @@ Names on a host: domain `shelf-<instance id>` (its metadata names the store), lo
 `<instance id>.qcow2` in the store's own dir pool `shelf-disks-<host>-<tag>`
 (`<data_dir>/hosts/<host>/disks-<tag>`; `shelf-disks-<host>` and `…/disks` for a host added
 before the store had an id), network `shelf-net`, whose DHCP entries are named
-`<instance name>-<tag>`. An entry named with another store's tag is never changed. Files that are
+`<instance name>-sh<tag>`. An entry named with another store's tag is never changed. Files that are
 not on a host (images, exports, volumes) are reached through transient dir pools on their
 directories (`shelf-images-…`, `shelf-exports-…`, `shelf-volumes-…`, or any pool that already
 serves the directory), so every copy is libvirt's own (`createXMLFrom`, i.e. `qemu-img convert`).
@@ -480,7 +480,12 @@ class LibvirtHost:
     def _pool_at(self, directory: Path) -> libvirt.virStoragePool | None:
         # libvirt allows one pool per directory, under whatever name: find it by its target.
         for pool in self._conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_DIR):
-            target = pool_target_path(pool.XMLDesc(0))
+            try:
+                target = pool_target_path(pool.XMLDesc(0))
+            except libvirt.libvirtError as exc:
+                if _is_missing(exc, libvirt.VIR_ERR_NO_STORAGE_POOL):
+                    continue  # another store or tool removed it since the listing
+                raise
             if target is not None and target.resolve() == directory:
                 return pool
         return None

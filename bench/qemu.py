@@ -16,6 +16,7 @@ request -> guest has its address again (its console's "bound" line).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -118,13 +119,15 @@ class ShelfSide:
         return {**spent, **self.guest_seconds}
 
     def close(self) -> None:
-        instance = json.loads(self.shelf("show", "vm1", "--json"))
-        self.shelf("delete", "vm1", "--wait")
-        self.serve.terminate()
-        self.serve.wait(timeout=60)
-        _drop_pools(self.root)
-        note(f"shelf side: {instance['id']} deleted")
-        shutil.rmtree(self.root, ignore_errors=True)
+        try:
+            instance = json.loads(self.shelf("show", "vm1", "--json"))
+            self.shelf("delete", "vm1", "--wait")
+            note(f"shelf side: {instance['id']} deleted")
+        finally:  # a failed run leaves nothing behind either
+            self.serve.terminate()
+            self.serve.wait(timeout=60)
+            _drop_pools(self.root)
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 class BareSide:
@@ -200,12 +203,17 @@ class BareSide:
         self.spent[step] = time.monotonic() - started
 
     def close(self) -> None:
-        domain = self.conn.lookupByName(f"shelf-{self.spec.instance_id}")
-        domain.destroy()
-        domain.undefine()
-        self._dhcp(libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE)
-        self.conn.close()
-        shutil.rmtree(self.root, ignore_errors=True)
+        try:  # each on its own: a run that failed half-way has only some of them
+            with contextlib.suppress(libvirt.libvirtError):
+                domain = self.conn.lookupByName(f"shelf-{self.spec.instance_id}")
+                if domain.isActive():
+                    domain.destroy()
+                domain.undefine()
+            with contextlib.suppress(libvirt.libvirtError):
+                self._dhcp(libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE)
+        finally:
+            self.conn.close()
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _clean_shutdown(domain: libvirt.virDomain, timeout: float = 60) -> None:

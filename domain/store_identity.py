@@ -21,7 +21,9 @@ from domain.service import RecordConflict, Repository, find
 
 STORE_IDENTITY_ID = uuid.UUID("3f0b6a0e-5d1c-4e8a-9b7f-2c4d6e8f0a13")
 TAG_LENGTH = 8
-_TAG = re.compile(rf"-([0-9a-f]{{{TAG_LENGTH}}})$")
+# A name's tag: `-sh` and the tag, distinctive enough that a name chosen by hand (say
+# `web-deadbeef`) is not taken for another store's.
+_TAG = re.compile(rf"-sh([0-9a-f]{{{TAG_LENGTH}}})$")
 
 
 class StoreIdentity(Aggregate):
@@ -53,7 +55,7 @@ class StoreMark:
         return int(self.tag, 16) % 256
 
     def tagged(self, name: str) -> str:
-        return f"{name}-{self.tag}"
+        return f"{name}-sh{self.tag}"
 
     def owns_tagged(self, name: str | None) -> bool | None:
         """For a name that may carry a store's tag: True (ours), False (another store's) or

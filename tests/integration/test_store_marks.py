@@ -67,8 +67,8 @@ def test_dhcp_entries_carry_the_tag_and_another_stores_are_left_alone(
     host.add_dhcp_host("52:54:00:00:00:01", "10.213.0.5", "vm1")
     host.add_dhcp_host("52:54:00:00:00:02", "10.213.0.6", "vm1")  # the name is taken
     names = {e.mac: e.name for e in host._dhcp_entries()}
-    assert names == {"52:54:00:00:00:01": f"vm1-{OURS.tag}",
-                     "52:54:00:00:00:02": f"shelf-525400000002-{OURS.tag}"}
+    assert names == {"52:54:00:00:00:01": f"vm1-sh{OURS.tag}",
+                     "52:54:00:00:00:02": f"shelf-525400000002-sh{OURS.tag}"}
     host.mark = THEIRS  # now the driver is the other store's, on the same network
     assert host.dhcp_hosts() == {}
     assert set(host.foreign_dhcp_hosts()) == set(names)

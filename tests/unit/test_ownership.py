@@ -66,9 +66,10 @@ def test_foreign_images_leave_out_unmarked_imports() -> None:
 
 def test_a_tag_says_ours_theirs_or_nothing() -> None:
     mark = StoreMark("0123abcd-0000-4000-8000-000000000000")
-    assert mark.tag == "0123abcd" and mark.tagged("vm1") == "vm1-0123abcd"
-    assert mark.owns_tagged("vm1-0123abcd") is True
-    assert mark.owns_tagged("vm1-ffffffff") is False
+    assert mark.tag == "0123abcd" and mark.tagged("vm1") == "vm1-sh0123abcd"
+    assert mark.owns_tagged("vm1-sh0123abcd") is True
+    assert mark.owns_tagged("vm1-shffffffff") is False
+    assert mark.owns_tagged("web-deadbeef") is None  # a name chosen by hand
     assert mark.owns_tagged("vm1") is None and mark.owns_tagged(None) is None
     assert 0 <= mark.address_start < 256
 

@@ -24,7 +24,7 @@ THEIRS = StoreMark(str(uuid.uuid4()))
 def host(tmp_path: Path) -> Iterator[LibvirtHost]:
     node = tmp_path / "node.xml"
     node.write_text(MINIMAL_NODE)
-    driver = open_host("h1", f"test://{node}", tmp_path / "data", OURS)
+    driver = open_host("h1", f"test://{node}", tmp_path / "data", mark=OURS)
     yield driver
     driver.close()
 
@@ -35,8 +35,8 @@ def test_the_disks_pool_and_directory_are_the_stores_own(
     host.capacity()
     assert host.disks_pool_name == f"shelf-disks-h1-{OURS.tag}"
     assert (tmp_path / "data" / "hosts" / "h1" / f"disks-{OURS.tag}").is_dir()
-    legacy = open_host("old", host.uri, tmp_path / "data",
-                       StoreMark(OURS.store_id, frozenset({"old"})))
+    old_hosts = StoreMark(OURS.store_id, frozenset({"old"}))
+    legacy = open_host("old", host.uri, tmp_path / "data", mark=old_hosts)
     try:  # a host added before the store had an id keeps its pool (its disks are there)
         assert legacy.disks_pool_name == "shelf-disks-old"
         assert legacy.disks_dir == tmp_path / "data" / "hosts" / "old" / "disks"

@@ -46,13 +46,12 @@ class Context:
     """Everything one CLI invocation, `serve` or API process needs, built on first use."""
 
     def __init__(
-        self, store_url: str | None = None, user: str | None = None,
-        data_dir: Path | None = None, hosts: HostDrivers | None = None,
+        self, store_url: str | None = None, data_dir: Path | None = None,
+        hosts: HostDrivers | None = None,
     ) -> None:
         self.store: StoreURL = parse_store_url(
             store_url or os.environ.get("SHELF_STORE") or DEFAULT_STORE
         )
-        self.user = user or os.environ.get("SHELF_USER") or os.environ.get("USER") or "admin"
         self.data_dir = (data_dir or default_data_dir()).absolute()
         self._hosts = hosts
         self._owns_hosts = hosts is None  # a caller's connections stay open for the caller

@@ -15,6 +15,7 @@ from application.bootstrap import Context
 from application.identity import Caller
 from domain import host_removal
 from domain.errors import NotFound, ShelfError, UsageError
+from domain.flavor import resolve_flavor
 from domain.host import VIRT_TYPES
 from domain.ports import HypervisorError
 from domain.service import new_request_id
@@ -86,11 +87,15 @@ def remove_host(ctx: Context, caller: Caller, name: str, force: bool) -> list[di
 
 
 def boot(
-    ctx: Context, caller: Caller, *, name: str, host: str, vcpus: int, memory_mb: int,
-    disk_gb: int, image: str | None = None, volume_backed: bool = False,
+    ctx: Context, caller: Caller, *, name: str, flavor: str | None = None,
+    vcpus: int | None = None, memory_mb: int | None = None, disk_gb: int | None = None,
+    host: str | None = None, image: str | None = None, volume_backed: bool = False,
     request_id: str | None = None,
 ) -> Recorded:
-    """Record a boot. `image` is an image's name or id (None: a blank root disk)."""
+    """Record a boot in the caller's project, sized by a flavor (id or name), by explicit
+    sizes, or both (an explicit size wins over the flavor's, e.g. a volume's size over a
+    flavor's disk 0). `host` None: the worker places it (the host with the most free
+    memory); `image`: an image's name or id (None: a blank root disk)."""
     ctx.identify()
     image_id = None
     if image:
@@ -98,26 +103,48 @@ def boot(
         if found is None:
             raise NotFound(f"no such image: {image}")
         image_id = found.id
+    vcpus, memory_mb, disk_gb, copy = _sized(ctx, flavor, vcpus, memory_mb, disk_gb)
     request_id = request_id or new_request_id()
     instance = ctx.service.boot(
         name=name, host=host, vcpus=vcpus, memory_mb=memory_mb, disk_gb=disk_gb,
         image_id=image_id, volume_backed=volume_backed, user=caller.user_name,
-        request_id=request_id,
+        request_id=request_id, project_id=caller.project_id, user_id=caller.user_id,
+        flavor=copy,
     )
     return Recorded(str(instance.id), request_id)
 
 
+def _sized(
+    ctx: Context, flavor: str | None, vcpus: int | None, memory_mb: int | None,
+    disk_gb: int | None,
+) -> tuple[int, int, int, dict[str, Any] | None]:
+    """(vcpus, memory MB, disk GB, the flavor's copy or None)."""
+    if flavor is None:
+        if vcpus is None or memory_mb is None or disk_gb is None:
+            raise UsageError("a boot needs --flavor, or --vcpus, --memory-mb and --disk-gb")
+        return vcpus, memory_mb, disk_gb, None
+    found = resolve_flavor(ctx.repo, flavor)
+    return (_given(vcpus, found.vcpus), _given(memory_mb, found.memory_mb),
+            _given(disk_gb, found.disk_gb), found.snapshot())
+
+
+def _given(explicit: int | None, default: int) -> int:
+    return default if explicit is None else explicit
+
+
 def request(
     ctx: Context, caller: Caller, action: str, instance: str, host: str | None = None,
-    request_id: str | None = None,
+    request_id: str | None = None, project: str | None = None,
 ) -> Recorded:
-    """Record one of ACTIONS on an instance (id or name); `host` only for unshelve."""
+    """Record one of ACTIONS on an instance (id or name); `host` only for unshelve. With
+    `project`, only an instance of that project (another's is NotFound, as in Nova)."""
     if action not in ACTIONS:
         raise UsageError(f"no such action: {action}")
     if host is not None and action != "unshelve":
         raise UsageError(f"a host is chosen only by unshelve, not by {action}")
     request_id = request_id or new_request_id()
-    recorded = ctx.service.request(action, instance, caller.user_name, request_id, host)
+    recorded = ctx.service.request(action, instance, caller.user_name, request_id, host,
+                                   project)
     return Recorded(str(recorded.id), request_id)
 
 

@@ -1,5 +1,6 @@
 """The read side: what `list`, `show`, `actions`, `history`, `console-log`, `audit`,
-`host list`, `image list` and `projections status` print, and what the HTTP API renders.
+`host list`, `image list`, `flavor list` and `projections status` print, and what the HTTP
+API renders.
 
 Every query first catches the projections up (one indexed query when nothing is new), so
 a read never misses what was recorded before it. Moments are ISO 8601 text in UTC, as
@@ -13,22 +14,39 @@ from typing import Any
 
 from adapters.consoles import console_log_path, last_lines
 from application.bootstrap import Context
+from application.flavors import flavor_view
 from domain.errors import NotFound, UsageError
+from domain.flavor import all_flavors, resolve_flavor
 from domain.instance import Instance
 from domain.service import resolve_instance
 from projections import queries as read
 from projections.views import instance_view
 
+InstanceFilter = read.InstanceFilter  # project_id, status, host, include_deleted, ...
 
-def list_instances(ctx: Context) -> list[dict[str, Any]]:
-    """Every instance not deleted, oldest first: `show`'s fields for each."""
+
+def list_instances(ctx: Context, wanted: InstanceFilter | None = None) -> list[dict[str, Any]]:
+    """Instances not deleted (unless `include_deleted`), oldest first (unless
+    `newest_first`), `show`'s fields for each. `wanted.project_id`: only that project's.
+    A `marker` that is no instance of the list's project is NotFound."""
+    wanted = wanted or InstanceFilter()
+    if wanted.limit < 0:
+        raise UsageError(f"a limit must be 0 (no limit) or more, not {wanted.limit}")
     ctx.catch_up()
-    return read.live_instances(ctx.db)
+    if wanted.marker is not None:
+        marked = read.instance(ctx.db, wanted.marker)
+        if marked is None or wanted.project_id not in (None, marked["project_id"]):
+            raise NotFound(f"marker [{wanted.marker}] not found")
+    return read.live_instances(ctx.db, wanted)
 
 
-def show_instance(ctx: Context, instance: str, as_of: str | None = None) -> dict[str, Any]:
-    """One instance (id or name) now, or as its own events had left it at `as_of`."""
-    found = resolve_instance(ctx.repo, instance)
+def show_instance(
+    ctx: Context, instance: str, as_of: str | None = None, project: str | None = None,
+) -> dict[str, Any]:
+    """One instance (id or name) now, or as its own events had left it at `as_of`. With
+    `project`, only that project's (another project's is NotFound, as Nova hides it); the
+    same holds for `instance_history` and `instance_actions`."""
+    found = resolve_instance(ctx.repo, instance, project)
     ctx.catch_up()
     if as_of is not None:
         return _instance_as_of(ctx, found, as_of)
@@ -44,16 +62,20 @@ def _instance_as_of(ctx: Context, found: Instance, moment: str) -> dict[str, Any
     return instance_view(ctx.app.repository.get(found.id, version=version))
 
 
-def instance_history(ctx: Context, instance: str) -> list[dict[str, Any]]:
+def instance_history(
+    ctx: Context, instance: str, project: str | None = None,
+) -> list[dict[str, Any]]:
     """Every event of one instance, oldest first."""
-    found = resolve_instance(ctx.repo, instance)
+    found = resolve_instance(ctx.repo, instance, project)
     ctx.catch_up()
     return read.history(ctx.db, str(found.id))
 
 
-def instance_actions(ctx: Context, instance: str) -> list[dict[str, Any]]:
+def instance_actions(
+    ctx: Context, instance: str, project: str | None = None,
+) -> list[dict[str, Any]]:
     """One instance's actions (Nova's instance actions), each with its `events`."""
-    found = resolve_instance(ctx.repo, instance)
+    found = resolve_instance(ctx.repo, instance, project)
     ctx.catch_up()
     return read.actions(ctx.db, str(found.id))
 
@@ -79,6 +101,7 @@ class AuditQuery:
     since: str | None = None
     until: str | None = None
     instance: str | None = None  # an id or name
+    project: str | None = None  # the instances' project
     host: str | None = None
     action: str | None = None
     user: str | None = None
@@ -93,10 +116,11 @@ def audit(ctx: Context, query: AuditQuery) -> list[dict[str, Any]]:
     last one's `position`."""
     if query.limit < 0:
         raise UsageError(f"--limit must be 0 (no limit) or more, not {query.limit}")
-    instance_id = (str(resolve_instance(ctx.repo, query.instance).id)
+    instance_id = (str(resolve_instance(ctx.repo, query.instance, query.project).id)
                    if query.instance else None)
     wanted = read.AuditFilter(
-        since=query.since, until=query.until, instance_id=instance_id, host=query.host,
+        since=query.since, until=query.until, instance_id=instance_id,
+        project_id=query.project, host=query.host,
         action=query.action, user=query.user, result=query.result, after=query.after,
         limit=query.limit,
     )
@@ -105,15 +129,25 @@ def audit(ctx: Context, query: AuditQuery) -> list[dict[str, Any]]:
     return read.with_events(ctx.db, page) if query.events else page
 
 
-def hosts(ctx: Context, as_of: str | None = None) -> list[dict[str, Any]]:
+def list_hosts(ctx: Context, as_of: str | None = None) -> list[dict[str, Any]]:
     """Every host with its capacity and usage, now or at `as_of`."""
     ctx.catch_up()
     return read.hosts_as_of(ctx.db, as_of) if as_of is not None else read.hosts(ctx.db)
 
 
-def images(ctx: Context) -> list[dict[str, Any]]:
+def list_images(ctx: Context) -> list[dict[str, Any]]:
     """Every image in the image store (a shelved one is `<name>-shelved`)."""
     return [dict(vars(info)) for info in ctx.images.list()]
+
+
+def list_flavors(ctx: Context) -> list[dict[str, Any]]:
+    """Every live flavor, by name (`flavor_view`'s fields)."""
+    return [flavor_view(flavor) for flavor in all_flavors(ctx.repo)]
+
+
+def show_flavor(ctx: Context, flavor: str) -> dict[str, Any]:
+    """One live flavor, by id or name."""
+    return flavor_view(resolve_flavor(ctx.repo, flavor))
 
 
 def projections_status(ctx: Context) -> list[dict[str, Any]]:

@@ -91,7 +91,7 @@ def seeded_context(choice: str, keep: bool, events: int, hosts: int
     """An open Context on a bench store holding at least `events` events, and how many
     it holds (what `replay` and `audit` both start from)."""
     with bench_store(choice, keep) as url:
-        ctx = Context(url, "bench")
+        ctx = Context(url)
         try:
             yield ctx, ensure_events(ctx, events, hosts)
         finally:

@@ -57,7 +57,7 @@ class ShelfRun:
 
     def __init__(self, url: str, hosts: int, threads: int, workers: int) -> None:
         self.work = tmp_dir("shelf-bench-lifecycle-")
-        self.ctx = Context(url, "bench", self.work / "data")
+        self.ctx = Context(url, self.work / "data")
         self.names = [f"h{number:03d}" for number in range(hosts)]
         for name in self.names:
             # 100 GB: what a test-driver host's storage pool really holds, so placement
@@ -106,7 +106,7 @@ class ShelfRun:
         `serve` writes it as soon as it goes idle (and every 0.5 s while busy), so the end of
         a phase shows within a poll. (Catching up here as well, as a read command would,
         made two runners take turns and each fold from the store what the other had.)"""
-        db = Context(self.ctx.store.url, "bench", self.work / "data").db
+        db = Context(self.ctx.store.url, self.work / "data").db
         try:
             while True:
                 rows = db.query("SELECT count(*) AS n FROM instances "

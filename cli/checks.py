@@ -32,6 +32,7 @@ def _references(value: Any, field: str) -> None:
 CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "instance": v.reference, "host": v.reference, "image": v.reference,
     "action": v.reference, "user": v.reference, "hosts": _references,
+    "project": v.reference, "flavor": v.reference,
     "vcpus": v.size, "memory_mb": v.size, "disk_gb": v.size, "uri": v.libvirt_uri,
     "timeout": lambda value, field: v.seconds(value, field, v.WAIT_SECONDS),
     "threads": lambda value, field: v.whole_number(value, field, v.THREADS),
@@ -69,12 +70,12 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def _check_environment(values: dict[str, Any]) -> None:
-    """$SHELF_STORE and $SHELF_USER stand for --store and --user when those aren't given:
-    they are checked as those are."""
+    """$SHELF_STORE stands for --store when that isn't given, and $SHELF_PROJECT for a
+    boot's --project: they are checked as those are."""
     if values.get("store") is None and os.environ.get("SHELF_STORE"):
         v.store_url(os.environ["SHELF_STORE"], "SHELF_STORE")
-    if values.get("user") is None and os.environ.get("SHELF_USER"):
-        v.reference(os.environ["SHELF_USER"], "SHELF_USER")
+    if values.get("project") is None and os.environ.get("SHELF_PROJECT"):
+        v.reference(os.environ["SHELF_PROJECT"], "SHELF_PROJECT")
 
 
 def command_of(args: argparse.Namespace) -> tuple[str, str | None]:

@@ -13,26 +13,28 @@ from typing import Any
 
 from adapters.failpoints import EnvFailpoints
 from adapters.logs import batched_log_lines
-from application import lifecycle, maintenance, queries
+from application import flavors, lifecycle, maintenance, queries
 from application.bootstrap import Context
-from application.identity import Caller
+from application.identity import Caller, operating_system_caller
 from application.times import parse_time
 from application.waiting import wait_for_idle
 from cli import render
 
-INSTANCE_COLUMNS = ("id", "name", "status", "task_state", "power_state", "host")
+INSTANCE_COLUMNS = ("id", "name", "project_id", "status", "task_state", "power_state", "host")
 HOST_COLUMNS = ("name", "uri", "vcpus", "vcpus_used", "memory_mb", "memory_mb_used",
                 "disk_gb", "disk_gb_used", "instances", "statuses")
-AUDIT_COLUMNS = ("position", "start_time", "action", "instance_name", "host", "user",
-                 "result", "finish_time", "request_id", "message")
+AUDIT_COLUMNS = ("position", "start_time", "action", "instance_name", "project_id", "host",
+                 "user", "result", "finish_time", "request_id", "message")
 IMAGE_COLUMNS = ("id", "name", "format", "virtual_size", "size", "created_at", "store_id")
 QUARANTINE_COLUMNS = ("position", "projection", "aggregate_id", "version", "reason")
+FLAVOR_COLUMNS = ("id", "name", "vcpus", "memory_mb", "disk_gb", "ephemeral_gb", "swap_mb",
+                  "is_public")
 
 
-def caller(ctx: Context) -> Caller:
-    """Who the CLI records as asking."""
-    return Caller(user_name=ctx.user, user_id=ctx.user, project_id="admin",
-                  roles=frozenset({"admin"}))
+def caller(args: argparse.Namespace) -> Caller:
+    """Who the CLI records as asking: the operating-system user (it holds the store's
+    credentials), acting in `--project` where a command has one."""
+    return operating_system_caller(getattr(args, "project", None))
 
 
 def _as_of(args: argparse.Namespace) -> str | None:
@@ -58,7 +60,7 @@ def _wait(ctx: Context, recorded: lifecycle.Recorded, args: argparse.Namespace) 
 # ---- hosts ------------------------------------------------------------------------------
 
 def host_add(ctx: Context, args: argparse.Namespace) -> int:
-    host = lifecycle.add_host(ctx, caller(ctx), args.name, args.uri, args.vcpus,
+    host = lifecycle.add_host(ctx, caller(args), args.name, args.uri, args.vcpus,
                               args.memory_mb, args.disk_gb, args.connect_timeout,
                               virt_type=args.virt_type)
     print(host["name"])
@@ -66,7 +68,7 @@ def host_add(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def host_remove(ctx: Context, args: argparse.Namespace) -> int:
-    for instance in lifecycle.remove_host(ctx, caller(ctx), args.name, args.force):
+    for instance in lifecycle.remove_host(ctx, caller(args), args.name, args.force):
         print(f"{instance['id']} {instance['name']}: deleted without host {args.name}; "
               "what is left there is for `shelf reconcile`")
     print(args.name)
@@ -74,7 +76,7 @@ def host_remove(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def host_list(ctx: Context, args: argparse.Namespace) -> int:
-    _print(queries.hosts(ctx, _as_of(args)), HOST_COLUMNS, args.json)
+    _print(queries.list_hosts(ctx, _as_of(args)), HOST_COLUMNS, args.json)
     return 0
 
 
@@ -82,8 +84,8 @@ def host_list(ctx: Context, args: argparse.Namespace) -> int:
 
 def boot(ctx: Context, args: argparse.Namespace) -> int:
     recorded = lifecycle.boot(
-        ctx, caller(ctx), name=args.name, host=args.host, vcpus=args.vcpus,
-        memory_mb=args.memory_mb, disk_gb=args.disk_gb, image=args.image,
+        ctx, caller(args), name=args.name, flavor=args.flavor, vcpus=args.vcpus,
+        memory_mb=args.memory_mb, disk_gb=args.disk_gb, host=args.host, image=args.image,
         volume_backed=args.volume_backed,
     )
     print(recorded.instance_id, flush=True)
@@ -93,14 +95,15 @@ def boot(ctx: Context, args: argparse.Namespace) -> int:
 
 def instance_request(ctx: Context, args: argparse.Namespace) -> int:
     """shelve, shelve-offload, unshelve, start, stop, pause, unpause, suspend, resume, delete."""
-    recorded = lifecycle.request(ctx, caller(ctx), args.action, args.instance,
+    recorded = lifecycle.request(ctx, caller(args), args.action, args.instance,
                                  getattr(args, "host", None))
     _wait(ctx, recorded, args)
     return 0
 
 
 def list_instances(ctx: Context, args: argparse.Namespace) -> int:
-    _print(queries.list_instances(ctx), INSTANCE_COLUMNS, args.json)
+    wanted = queries.InstanceFilter(project_id=args.project)
+    _print(queries.list_instances(ctx, wanted), INSTANCE_COLUMNS, args.json)
     return 0
 
 
@@ -138,12 +141,34 @@ def audit(ctx: Context, args: argparse.Namespace) -> int:
     page = queries.audit(ctx, queries.AuditQuery(
         since=parse_time(args.since) if args.since else None,
         until=parse_time(args.until) if args.until else None,
-        instance=args.instance, host=args.host, action=args.action, user=args.user,
-        result=args.result, after=args.after, limit=args.limit, events=args.events,
+        instance=args.instance, project=args.project, host=args.host, action=args.action,
+        user=args.user, result=args.result, after=args.after, limit=args.limit, events=args.events,
     ))
     render.print_rows(page, AUDIT_COLUMNS, args.format)
     if args.limit and len(page) == args.limit:
         render.note(f"more actions follow: next page with --after {page[-1]['position']}")
+    return 0
+
+
+# ---- flavors -----------------------------------------------------------------------------
+
+def flavor_create(ctx: Context, args: argparse.Namespace) -> int:
+    created = flavors.create_flavor(
+        ctx, caller(args), name=args.name, vcpus=args.vcpus, memory_mb=args.memory_mb,
+        disk_gb=args.disk_gb, flavor_id=args.id, ephemeral_gb=args.ephemeral_gb,
+        swap_mb=args.swap_mb, is_public=not args.private, description=args.description,
+    )
+    print(created["id"])
+    return 0
+
+
+def flavor_list(ctx: Context, args: argparse.Namespace) -> int:
+    _print(queries.list_flavors(ctx), FLAVOR_COLUMNS, args.json)
+    return 0
+
+
+def flavor_delete(ctx: Context, args: argparse.Namespace) -> int:
+    flavors.delete_flavor(ctx, caller(args), args.flavor)
     return 0
 
 
@@ -182,7 +207,7 @@ def image_import(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def image_list(ctx: Context, args: argparse.Namespace) -> int:
-    _print(queries.images(ctx), IMAGE_COLUMNS, args.json)
+    _print(queries.list_images(ctx), IMAGE_COLUMNS, args.json)
     return 0
 
 
@@ -213,7 +238,7 @@ def serve(ctx: Context, args: argparse.Namespace) -> int:
 def reconcile_command(ctx: Context, args: argparse.Namespace) -> int:
     differences = maintenance.differences(ctx, args.all)
     if args.fix and differences:
-        for difference in maintenance.fix(ctx, caller(ctx), differences):
+        for difference in maintenance.fix(ctx, caller(args), differences):
             print(f"fixed {difference.kind} {difference.subject} {difference.host or ''}")
         differences = maintenance.differences(ctx, args.all)
     rows = [vars(difference) for difference in differences]

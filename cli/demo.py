@@ -37,7 +37,7 @@ def say(text: str) -> None:
 def shelf(store: str, *argv: str) -> None:
     from cli.main import main
 
-    code = main(["--store", store, "--user", "demo", *argv])
+    code = main(["--store", store, *argv])
     if code != 0:
         raise SystemExit(f"demo step `shelf {' '.join(argv)}` failed with exit code {code}")
 
@@ -47,7 +47,7 @@ def run_demo() -> int:
         root = Path(tmp)
         os.environ["SHELF_DATA_DIR"] = str(root / "data")
         store = f"sqlite:///{root / 'shelf.db'}"
-        worker_ctx = Context(store, "shelf", root / "data")
+        worker_ctx = Context(store, root / "data")
         stop = threading.Event()
         worker = Worker(worker_ctx, Settings(shelved_offload_time=-1, shutdown_timeout=5))
         thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)

@@ -11,6 +11,7 @@ from application.auth.setup import key_directory
 from application.auth.tokens import DEFAULT_LIFETIME
 from application.auth.users import UserAdmin
 from application.bootstrap import Context
+from application.identity import operating_system_user
 from cli import render
 from domain.errors import UsageError
 from domain.identity import DEFAULT_ROLES
@@ -89,7 +90,7 @@ def _admin(ctx: Context) -> UserAdmin:
 
 def user_create(ctx: Context, args: argparse.Namespace) -> int:
     user = _admin(ctx).create(args.name, args.project, args.roles, read_password(),
-                              ctx.user, new_request_id())
+                              operating_system_user(), new_request_id())
     print(user.id.hex)
     return 0
 
@@ -106,27 +107,27 @@ def user_list(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def user_set_password(ctx: Context, args: argparse.Namespace) -> int:
-    _admin(ctx).set_password(args.name, read_password(), ctx.user, new_request_id())
+    _admin(ctx).set_password(args.name, read_password(), operating_system_user(), new_request_id())
     return 0
 
 
 def user_delete(ctx: Context, args: argparse.Namespace) -> int:
-    _admin(ctx).delete(args.name, ctx.user, new_request_id())
+    _admin(ctx).delete(args.name, operating_system_user(), new_request_id())
     return 0
 
 
 def user_grant(ctx: Context, args: argparse.Namespace) -> int:
-    _admin(ctx).grant(args.name, args.role, ctx.user, new_request_id())
+    _admin(ctx).grant(args.name, args.role, operating_system_user(), new_request_id())
     return 0
 
 
 def user_revoke(ctx: Context, args: argparse.Namespace) -> int:
-    _admin(ctx).revoke(args.name, args.role, ctx.user, new_request_id())
+    _admin(ctx).revoke(args.name, args.role, operating_system_user(), new_request_id())
     return 0
 
 
 def credential_create(ctx: Context, args: argparse.Namespace) -> int:
-    made = _admin(ctx).create_credential(args.name, args.credential_name, ctx.user,
+    made = _admin(ctx).create_credential(args.name, args.credential_name, operating_system_user(),
                                          new_request_id())
     if args.json:
         render.print_json({"id": made.id, "name": made.name, "secret": made.secret})
@@ -137,7 +138,7 @@ def credential_create(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def credential_delete(ctx: Context, args: argparse.Namespace) -> int:
-    print(_admin(ctx).delete_credential(args.name, args.credential, ctx.user,
+    print(_admin(ctx).delete_credential(args.name, args.credential, operating_system_user(),
                                         new_request_id()))
     return 0
 

@@ -16,6 +16,7 @@ from typing import NoReturn
 
 from adapters.logs import configure_logging
 from application.bootstrap import Context
+from application.identity import DEFAULT_PROJECT
 from application.store import require_existing_store
 from cli import commands, edges, render
 from cli.checks import check_arguments, command_of
@@ -84,9 +85,13 @@ def _add_host_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
 def _add_instance_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     boot = sub.add_parser("boot", help="create an instance")
     boot.add_argument("name")
-    boot.add_argument("--host", required=True)
+    boot.add_argument("--host", help="default: the host with the most free memory that fits")
+    boot.add_argument("--flavor", help="flavor id or name: the sizes it gives")
     for option in ("--vcpus", "--memory-mb", "--disk-gb"):
-        boot.add_argument(option, type=int, required=True)
+        boot.add_argument(option, type=int, help="without --flavor: required; with it, "
+                          "instead of the flavor's")
+    _project_option(boot, f"the instance's project (default $SHELF_PROJECT, else "
+                          f"{DEFAULT_PROJECT})")
     boot.add_argument("--image", help="image name or id (default: a blank root disk)")
     boot.add_argument("--volume-backed", action="store_true",
                       help="root disk on a persistent volume")
@@ -99,10 +104,10 @@ def _add_instance_commands(sub: argparse._SubParsersAction[OneLineParser]) -> No
             parser.add_argument("--host", help="unshelve onto this host (offloaded only)")
         _wait_options(parser)
         parser.set_defaults(func=commands.instance_request, action=action)
-    for command, func in (("list", commands.list_instances),):
-        parser = sub.add_parser(command, help="instances")
-        _json_option(parser)
-        parser.set_defaults(func=func)
+    listing = sub.add_parser("list", help="instances")
+    _json_option(listing)
+    _project_option(listing, "only this project's instances (default: every project's)")
+    listing.set_defaults(func=commands.list_instances)
     for command, func in (("show", commands.show), ("actions", commands.actions),
                           ("history", commands.history)):
         parser = sub.add_parser(command, help=f"{command} of an instance")
@@ -115,6 +120,31 @@ def _add_instance_commands(sub: argparse._SubParsersAction[OneLineParser]) -> No
     console.add_argument("instance", help="instance id or name")
     console.add_argument("--lines", type=int, metavar="N", help="only the last N lines")
     console.set_defaults(func=commands.console_log)
+
+
+def _project_option(parser: argparse.ArgumentParser, meaning: str) -> None:
+    parser.add_argument("--project", metavar="PROJECT", help=meaning)
+
+
+def _add_flavor_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
+    flavor = sub.add_parser("flavor", help="named sizes to boot from").add_subparsers(
+        dest="flavor_command", required=True)
+    create = flavor.add_parser("create", help="define a flavor")
+    create.add_argument("name")
+    for option in ("--vcpus", "--memory-mb", "--disk-gb"):
+        create.add_argument(option, type=int, required=True)
+    create.add_argument("--id", help="the flavor's id (default: a UUID from the name)")
+    create.add_argument("--ephemeral-gb", type=int, default=0, help="(0)")
+    create.add_argument("--swap-mb", type=int, default=0, help="(0)")
+    create.add_argument("--private", action="store_true", help="not public (API: admin only)")
+    create.add_argument("--description")
+    create.set_defaults(func=commands.flavor_create)
+    listing = flavor.add_parser("list", help="every flavor")
+    _json_option(listing)
+    listing.set_defaults(func=commands.flavor_list)
+    delete = flavor.add_parser("delete", help="delete a flavor (instances keep its sizes)")
+    delete.add_argument("flavor", help="flavor id or name")
+    delete.set_defaults(func=commands.flavor_delete)
 
 
 def _add_image_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
@@ -136,6 +166,7 @@ def _add_audit_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     audit.add_argument("--since", metavar="TIME", help="actions that started at or after")
     audit.add_argument("--until", metavar="TIME", help="actions that started before")
     audit.add_argument("--instance", help="instance id or name")
+    _project_option(audit, "actions on this project's instances")
     audit.add_argument("--host", help="host the action ran on")
     audit.add_argument("--action", help="e.g. shelve, unshelve, delete")
     audit.add_argument("--user", help="who asked")
@@ -202,10 +233,12 @@ def build_parser() -> OneLineParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store", help="store URL (default $SHELF_STORE, else "
                         "sqlite:///./shelf.db; postgresql://HOST[:PORT]/DB for PostgreSQL)")
-    parser.add_argument("--user", help="who is asking (default $SHELF_USER, else $USER)")
+    # Gone: the CLI records the operating-system user; a typed name proved nothing.
+    parser.add_argument("--user", dest="typed_user", help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     _add_host_commands(sub)
     _add_instance_commands(sub)
+    _add_flavor_commands(sub)
     _add_image_commands(sub)
     _add_audit_commands(sub)
     _add_service_commands(sub)
@@ -250,10 +283,13 @@ def _run(argv: Sequence[str] | None) -> int:
         return stop.code if isinstance(stop.code, int) else 2
     configure_logging(os.environ.get("SHELF_LOG_LEVEL")
                       or ("info" if args.command in ("serve",) else "warning"))
+    if args.typed_user is not None:
+        return _fail(2, "usage error: --user is gone: the CLI records the operating-system "
+                        "user it runs as (see README, \"Who is recorded\")")
     ctx: Context | None = None
     try:
         check_arguments(args)  # before anything is recorded
-        ctx = Context(args.store, args.user)  # a bad --store is a usage error, too
+        ctx = Context(args.store)  # a bad --store is a usage error, too
         ctx.catch_up_progress = render.progress("catching up the projections")
         ctx.on_quarantined = render.quarantined_note
         if _reads_only(args):

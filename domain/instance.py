@@ -31,6 +31,9 @@ ACCEPTS: dict[str, frozenset[str]] = {
     "resume": frozenset({s.SUSPENDED}),
 }
 
+# The project of an instance booted before instances recorded one: the CLI's default.
+LEGACY_PROJECT = "admin"
+
 SHELVED_IMAGE_NAMESPACE = uuid.UUID("6f1c2a52-8a53-4d0e-9d6b-2f8f3f0c5a11")
 
 
@@ -42,13 +45,26 @@ def shelved_image_id_for(instance_id: uuid.UUID, request_id: str) -> str:
 class Instance(Aggregate):
     """One virtual machine, from boot request to deletion."""
 
+    # Defaults for instances (and snapshots of them) recorded before these were kept.
+    project_id: str = LEGACY_PROJECT
+    user_id: str | None = None
+    flavor: dict[str, Any] | None = None
+
     @event("BootRequested")
     def __init__(
-        self, *, id: uuid.UUID, name: str, host: str, vcpus: int, memory_mb: int, disk_gb: int,
-        image_id: str | None, volume_backed: bool, ip: str, mac: str,
-        user: str, request_id: str,
+        self, *, id: uuid.UUID, name: str, host: str | None, vcpus: int, memory_mb: int,
+        disk_gb: int, image_id: str | None, volume_backed: bool, ip: str, mac: str,
+        user: str, request_id: str, project_id: str = LEGACY_PROJECT,
+        user_id: str | None = None, flavor: dict[str, Any] | None = None,
     ) -> None:
+        """`project_id` and `user_id` are the booting caller's; `flavor` is a copy of the
+        flavor it was built from (None: sized explicitly). A new instance must be given
+        all three (eventsourcing requires every keyword-only argument when an aggregate
+        is created); the defaults are for events an older shelf stored without them."""
         self.name = name
+        self.project_id = project_id
+        self.user_id = user_id or user  # who created it (`user` is whoever asked last)
+        self.flavor = flavor
         self.vcpus, self.memory_mb, self.disk_gb = vcpus, memory_mb, disk_gb
         self.image_id: str | None = image_id
         self.volume_backed: bool = volume_backed

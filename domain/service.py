@@ -11,7 +11,7 @@ from typing import Any, Protocol, TypeVar
 
 from domain.errors import Conflict, NotFound, UsageError
 from domain.host import CATALOG_ID, Host, HostCatalog, host_id_for
-from domain.instance import Instance
+from domain.instance import LEGACY_PROJECT, Instance
 from domain.limits import MAX_SIZE, NAME_RULE, is_valid_name, is_valid_size
 from domain.registry import (
     BLOCKS,
@@ -52,15 +52,16 @@ def find(repo: Repository, aggregate_id: uuid.UUID, cls: type[A]) -> A | None:
     return found if isinstance(found, cls) else None
 
 
-def resolve_instance(repo: Repository, ref: str) -> Instance:
-    """INSTANCE is the id (UUID) or the unique name of a live instance."""
+def resolve_instance(repo: Repository, ref: str, project: str | None = None) -> Instance:
+    """INSTANCE is the id (UUID) or the unique name of a live instance; with `project`,
+    one of that project's (another project's is not found, as Nova hides it)."""
     instance_id = _parse_uuid(ref)
     if instance_id is None:
         index = find(repo, name_index_id(ref), NameIndex)
         if index is not None and index.instance_id is not None:
             instance_id = uuid.UUID(index.instance_id)
     instance = find(repo, instance_id, Instance) if instance_id else None
-    if instance is None:
+    if instance is None or (project is not None and instance.project_id != project):
         raise NotFound(f"no such instance: {ref}")
     return instance
 
@@ -108,12 +109,17 @@ class LifecycleService:
         return host
 
     def boot(
-        self, *, name: str, host: str, vcpus: int, memory_mb: int, disk_gb: int,
+        self, *, name: str, host: str | None, vcpus: int, memory_mb: int, disk_gb: int,
         image_id: str | None, volume_backed: bool, user: str, request_id: str,
+        project_id: str = LEGACY_PROJECT, user_id: str | None = None,
+        flavor: dict[str, Any] | None = None,
     ) -> Instance:
+        """`host` None: the worker places it (the host with the most free memory);
+        `flavor`: a copy of the flavor the sizes came from."""
         _require_positive(vcpus=vcpus, memory_mb=memory_mb, disk_gb=disk_gb)
         _require_name("instance", name)
-        resolve_host(self.repo, host)
+        if host is not None:
+            resolve_host(self.repo, host)
         if _parse_uuid(name) is not None:
             raise UsageError("an instance name can't be a UUID (it would shadow instance ids)")
         for _ in range(SAVE_ATTEMPTS):  # a lost race is retried; the last loss is a Conflict
@@ -123,7 +129,8 @@ class LifecycleService:
             instance = Instance(
                 id=instance_id, name=name, host=host, vcpus=vcpus, memory_mb=memory_mb,
                 disk_gb=disk_gb, image_id=image_id, volume_backed=volume_backed, ip=ip,
-                mac=mac_for(ip), user=user, request_id=request_id,
+                mac=mac_for(ip), user=user, request_id=request_id, project_id=project_id,
+                user_id=user_id, flavor=flavor,
             )
             if index is None:
                 index = NameIndex(name=name, instance_id=str(instance_id))
@@ -148,9 +155,10 @@ class LifecycleService:
         raise no_free_address()
 
     def request(self, action: str, ref: str, user: str, request_id: str,
-                host: str | None = None) -> Instance:
-        """Record one request on an instance: exactly one of N racing requests wins."""
-        instance = resolve_instance(self.repo, ref)
+                host: str | None = None, project: str | None = None) -> Instance:
+        """Record one request on an instance (of `project`, when given): exactly one of N
+        racing requests wins."""
+        instance = resolve_instance(self.repo, ref, project)
         if host is not None:
             resolve_host(self.repo, host)
         apply_request(instance, action, user, request_id, host)

@@ -17,8 +17,8 @@ from projections.base import Change
 from projections.db import Database
 
 ACTION_COLUMNS = (
-    "instance_id", "request_id", "position", "instance_name", "action", "user", "host",
-    "start_time", "finish_time", "result", "message",
+    "instance_id", "request_id", "position", "instance_name", "project_id", "action", "user",
+    "host", "start_time", "finish_time", "result", "message",
 )
 EVENT_COLUMNS = (
     "instance_id", "version", "request_id", "position", "event", "start_time",
@@ -36,6 +36,7 @@ class _Seen(NamedTuple):  # a tuple: one is made per event replayed
     position: int
     instance_id: str
     instance_name: str
+    project_id: str
     record: dict[str, Any]
     previous_time: str | None
     instance_host: str | None
@@ -45,10 +46,13 @@ class AuditProjection:
     name = "audit"
     tables = ("audit_actions", "audit_events", "audit_history")
     folds = (Instance,)
+    columns = {"audit_actions": ACTION_COLUMNS, "audit_events": EVENT_COLUMNS,
+               "audit_history": HISTORY_COLUMNS}
     schema = (
         """CREATE TABLE IF NOT EXISTS audit_actions (
             instance_id TEXT NOT NULL, request_id TEXT NOT NULL, position BIGINT NOT NULL,
-            instance_name TEXT NOT NULL, action TEXT NOT NULL, "user" TEXT, host TEXT,
+            instance_name TEXT NOT NULL, project_id TEXT, action TEXT NOT NULL, "user" TEXT,
+            host TEXT,
             start_time TEXT NOT NULL, finish_time TEXT, result TEXT, message TEXT,
             PRIMARY KEY (instance_id, request_id))""",
         "CREATE INDEX IF NOT EXISTS audit_actions_position ON audit_actions (position)",
@@ -56,6 +60,8 @@ class AuditProjection:
         "(instance_id, position)",
         "CREATE INDEX IF NOT EXISTS audit_actions_host ON audit_actions (host, position)",
         'CREATE INDEX IF NOT EXISTS audit_actions_user ON audit_actions ("user", position)',
+        "CREATE INDEX IF NOT EXISTS audit_actions_project ON audit_actions "
+        "(project_id, position)",
         "CREATE INDEX IF NOT EXISTS audit_actions_action ON audit_actions (action, position)",
         "CREATE INDEX IF NOT EXISTS audit_actions_result ON audit_actions (result, position)",
         "CREATE INDEX IF NOT EXISTS audit_actions_start ON audit_actions (start_time)",
@@ -90,7 +96,7 @@ class AuditProjection:
         state = change.state
         if isinstance(state, Instance):
             self._seen.append(_Seen(
-                change.position, change.aggregate_id, state.name,
+                change.position, change.aggregate_id, state.name, state.project_id,
                 event_record(change.event, change.at), change.previous_at, state.host,
             ))
 
@@ -127,6 +133,7 @@ class AuditProjection:
                     "instance_id": seen.instance_id, "position": seen.position}
             self._latest[seen.instance_id] = latest
         latest["instance_name"] = seen.instance_name
+        latest["project_id"] = seen.project_id
         return latest
 
     def _stored_action(self, db: Database, seen: _Seen, request_id: str) -> dict[str, Any] | None:

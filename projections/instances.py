@@ -12,6 +12,7 @@ class InstancesProjection:
     name = "instances"
     tables = ("instances",)
     folds = (Instance,)
+    columns = {"instances": INSTANCE_COLUMNS}
     schema = (
         """CREATE TABLE IF NOT EXISTS instances (
             id TEXT PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL,
@@ -19,12 +20,13 @@ class InstancesProjection:
             vcpus INTEGER NOT NULL, memory_mb INTEGER NOT NULL, disk_gb INTEGER NOT NULL,
             volume_backed INTEGER NOT NULL, image_id TEXT, ip TEXT, mac TEXT,
             shelved_at TEXT, shelved_image_id TEXT, shelved_host TEXT, fault TEXT,
-            action TEXT, request_id TEXT, "user" TEXT, created_at TEXT, updated_at TEXT,
-            version INTEGER NOT NULL)""",
+            action TEXT, request_id TEXT, "user" TEXT, project_id TEXT, user_id TEXT,
+            flavor TEXT, created_at TEXT, updated_at TEXT, version INTEGER NOT NULL)""",
         "CREATE INDEX IF NOT EXISTS instances_name ON instances (name)",
         "CREATE INDEX IF NOT EXISTS instances_task ON instances (task_state)",
         "CREATE INDEX IF NOT EXISTS instances_vm_state ON instances (vm_state)",
         "CREATE INDEX IF NOT EXISTS instances_created ON instances (created_at)",
+        "CREATE INDEX IF NOT EXISTS instances_project ON instances (project_id, created_at)",
     )
 
     def __init__(self) -> None:

@@ -19,9 +19,45 @@ def instance(db: Database, instance_id: str) -> dict[str, Any] | None:
     return instance_from_row(rows[0]) if rows else None
 
 
-def live_instances(db: Database) -> list[dict[str, Any]]:
-    rows = db.query("SELECT * FROM instances WHERE vm_state != 'deleted' ORDER BY created_at")
+@dataclass(frozen=True)
+class InstanceFilter:
+    """Which instances a list shows; None matches anything. Paged by `marker` (the last
+    instance id of the previous page) and `limit` (0: no limit)."""
+
+    project_id: str | None = None
+    status: str | None = None
+    host: str | None = None
+    include_deleted: bool = False
+    newest_first: bool = False
+    marker: str | None = None
+    limit: int = 0
+
+
+def live_instances(db: Database, wanted: InstanceFilter | None = None) -> list[dict[str, Any]]:
+    """Instances, oldest first unless `newest_first` (ties by id)."""
+    wanted = wanted or InstanceFilter()
+    clauses, params = _instance_clauses(wanted)
+    order = "DESC" if wanted.newest_first else "ASC"
+    if wanted.marker is not None:
+        clauses.append(f"(created_at, id) {'<' if wanted.newest_first else '>'} "
+                       "(SELECT created_at, id FROM instances WHERE id = ?)")
+        params.append(wanted.marker)
+    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    limit = f" LIMIT {int(wanted.limit)}" if wanted.limit > 0 else ""
+    rows = db.query(f"SELECT * FROM instances{where} ORDER BY created_at {order}, id {order}"
+                    f"{limit}", params)
     return [instance_from_row(row) for row in rows]
+
+
+def _instance_clauses(wanted: InstanceFilter) -> tuple[list[str], list[Any]]:
+    clauses: list[str] = [] if wanted.include_deleted else ["vm_state != 'deleted'"]
+    params: list[Any] = []
+    for column, value in (("project_id", wanted.project_id), ("status", wanted.status),
+                          ("host", wanted.host)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    return clauses, params
 
 
 def _host(row: Row) -> dict[str, Any]:
@@ -56,8 +92,8 @@ def history(db: Database, instance_id: str) -> list[dict[str, Any]]:
     return [json.loads(row["record"]) for row in rows]
 
 
-ACTION_FIELDS = ("action", "instance_id", "instance_name", "request_id", "user", "host",
-                 "start_time", "finish_time", "result", "message", "position")
+ACTION_FIELDS = ("action", "instance_id", "instance_name", "project_id", "request_id", "user",
+                 "host", "start_time", "finish_time", "result", "message", "position")
 EVENT_FIELDS = ("event", "start_time", "finish_time", "result", "host", "details")
 
 
@@ -87,6 +123,7 @@ class AuditFilter:
     since: str | None = None
     until: str | None = None
     instance_id: str | None = None
+    project_id: str | None = None
     host: str | None = None
     action: str | None = None
     user: str | None = None
@@ -99,7 +136,8 @@ def audit(db: Database, wanted: AuditFilter) -> list[dict[str, Any]]:
     """One page of actions, oldest first; the next page starts after the last position."""
     clauses: list[str] = ["position > ?"]
     params: list[Any] = [wanted.after]
-    for column, value in (("instance_id", wanted.instance_id), ("host", wanted.host),
+    for column, value in (("instance_id", wanted.instance_id),
+                          ("project_id", wanted.project_id), ("host", wanted.host),
                           ("action", wanted.action), ('"user"', wanted.user),
                           ("result", wanted.result)):
         if value is not None:

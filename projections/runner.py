@@ -99,6 +99,7 @@ class ProjectionRunner:
             self._lock_schema()
             self.db.execute(TRACKING_SCHEMA)
             self.db.execute(quarantine.SCHEMA)
+            self._drop_outdated_tables()
             existing = self._index_names_present()
             for projection in self.projections:
                 for statement in projection.schema:
@@ -111,6 +112,38 @@ class ProjectionRunner:
                                 "ON CONFLICT (name) DO NOTHING", (projection.name,))
         # Deferred for another's rebuild: look again next time (it may have died).
         self._schema_ready = self._indexes_deferred or not defer
+
+    def _drop_outdated_tables(self) -> None:
+        """A projection whose tables an older shelf made, without a column this one
+        writes (its `columns`, when it declares them): its tables are dropped here, made
+        anew below, and its position goes back to 0, so the next catch-up replays it."""
+        for projection in self.projections:
+            wanted: dict[str, Sequence[str]] = getattr(projection, "columns", {})
+            present = self._columns_present(list(wanted))
+            if all(set(columns) <= present[table] for table, columns in wanted.items()
+                   if present[table]):
+                continue
+            for table in projection.tables:
+                self.db.execute(f"DROP TABLE IF EXISTS {table}")
+            self.db.execute("UPDATE projection_tracking SET position = 0 WHERE name = ?",
+                            (projection.name,))
+            self._written.pop(projection.name, None)
+
+    def _columns_present(self, tables: list[str]) -> dict[str, set[str]]:
+        """Each table's column names (none for a table that doesn't exist)."""
+        found: dict[str, set[str]] = {table: set() for table in tables}
+        if not tables:
+            return found
+        if self.db.backend == "postgres":
+            rows = self.db.query(
+                "SELECT table_name AS t, column_name AS c FROM information_schema.columns "
+                "WHERE table_schema = current_schema() AND table_name = ANY(?)", (tables,))
+        else:
+            rows = [{"t": table, "c": row["name"]} for table in tables
+                    for row in self.db.query("SELECT name FROM pragma_table_info(?)", (table,))]
+        for row in rows:
+            found[row["t"]].add(row["c"])
+        return found
 
     def _ensure_tables(self) -> None:
         """The schema without building missing indexes: a rebuild drops them and builds

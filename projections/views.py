@@ -34,6 +34,9 @@ def instance_view(instance: Instance) -> dict[str, Any]:
         "action": instance.action,
         "request_id": instance.request_id,
         "user": instance.user,
+        "project_id": instance.project_id,
+        "user_id": instance.user_id or instance.user,
+        "flavor": instance.flavor,
         "created_at": _iso(instance.created_on),
         "updated_at": _iso(instance.modified_on),
         "version": instance.version,
@@ -44,20 +47,25 @@ INSTANCE_COLUMNS = (
     "id", "name", "status", "vm_state", "task_state", "power_state", "host", "vcpus",
     "memory_mb", "disk_gb", "volume_backed", "image_id", "ip", "mac", "shelved_at",
     "shelved_image_id", "shelved_host", "fault", "action", "request_id", "user",
-    "created_at", "updated_at", "version",
+    "project_id", "user_id", "flavor", "created_at", "updated_at", "version",
 )
+
+
+JSON_COLUMNS = ("fault", "flavor")
 
 
 def instance_row(view: dict[str, Any]) -> tuple[Any, ...]:
     row = dict(view)
-    row["fault"] = json.dumps(view["fault"]) if view["fault"] is not None else None
+    for column in JSON_COLUMNS:
+        row[column] = json.dumps(view[column]) if view[column] is not None else None
     row["volume_backed"] = int(view["volume_backed"])
     return tuple(row[column] for column in INSTANCE_COLUMNS)
 
 
 def instance_from_row(row: dict[str, Any]) -> dict[str, Any]:
     view = dict(row)
-    view["fault"] = json.loads(row["fault"]) if row["fault"] else None
+    for column in JSON_COLUMNS:
+        view[column] = json.loads(row[column]) if row[column] else None
     view["volume_backed"] = bool(row["volume_backed"])
     return view
 

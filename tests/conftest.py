@@ -107,7 +107,7 @@ class Harness:
     def shelf(self, *argv: str) -> Result:
         out, err = io.StringIO(), io.StringIO()
         with redirect_stdout(out), redirect_stderr(err):
-            code = main(["--store", self.store, "--user", "tester", *argv])
+            code = main(["--store", self.store, *argv])
         return Result(code, out.getvalue(), err.getvalue())
 
     def ok(self, *argv: str) -> Result:
@@ -121,7 +121,7 @@ class Harness:
         self.ok("host", "add", name, "--uri", f"test://{node}", "--disk-gb", str(disk_gb))
 
     def start_worker(self) -> None:
-        self.worker_ctx = Context(self.store, "shelf", self.tmp / "data",
+        self.worker_ctx = Context(self.store, self.tmp / "data",
                                   hosts=self.shared_hosts)
         worker = self.worker = Worker(self.worker_ctx, self.settings,
                                       EnvFailpoints(self.failpoints))
@@ -182,7 +182,7 @@ class Harness:
 @pytest.fixture
 def hosts(store_url: str, tmp_path: Path) -> Iterator[Any]:
     """Test-driver connections that outlive a worker: the hosts' state survives restarts."""
-    lookup = Context(store_url, "shelf", tmp_path / "data")
+    lookup = Context(store_url, tmp_path / "data")
     shared = LibvirtHosts(lookup.host_uri, tmp_path / "data")
     yield shared
     shared.close()

@@ -76,7 +76,7 @@ class CrashLab:
             stop.set()
             raise WorkerKilled
 
-        ctx = Context(self.store, "shelf", self.tmp / "data", hosts=self.hosts)
+        ctx = Context(self.store, self.tmp / "data", hosts=self.hosts)
         settings = Settings(shelved_offload_time=offload, shutdown_timeout=1)
         worker = Worker(ctx, settings, EnvFailpoints(failpoint, crash=crash), threads=1)
         try:
@@ -104,7 +104,7 @@ class CrashLab:
         return [r["event"] for r in history if r["request_id"] == request_id]
 
     def differences(self) -> list[Any]:
-        ctx = Context(self.store, "shelf", self.tmp / "data", hosts=self.hosts)
+        ctx = Context(self.store, self.tmp / "data", hosts=self.hosts)
         try:
             instances = [i for i in (find(ctx.repo, uuid.UUID(x["id"]), Instance)
                                      for x in self.cli.ok("list", "--json").json()) if i]
@@ -122,7 +122,7 @@ def test_worker_killed_at_step_boundary_resumes(
 ) -> None:
     monkeypatch.setenv("SHELF_DATA_DIR", str(tmp_path / "data"))
     start, request, _, expected, final, images, offload = OPERATIONS[operation]
-    lookup = Context(store_url, "shelf", tmp_path / "data")  # host name -> URI, from the store
+    lookup = Context(store_url, tmp_path / "data")  # host name -> URI, from the store
     hosts = LibvirtHosts(lookup.host_uri, tmp_path / "data")
     lab = CrashLab(store_url, tmp_path, hosts)
     try:

@@ -8,7 +8,15 @@ from typing import Any
 
 import pytest
 
-WAIT = ("--wait", "--timeout", "60")
+from application import lifecycle
+from application.bootstrap import Context
+from application.identity import Caller
+from application.waiting import ActionFailed, wait_for_idle
+
+# Two verified identities in two projects, as the HTTP API records them (the CLI records
+# the operating-system user it runs as, the same for every command of one test).
+ALICE = Caller("alice", "alice-id", "web", frozenset({"member"}))
+BOB = Caller("bob", "bob-id", "db", frozenset({"member"}))
 
 
 @pytest.fixture
@@ -16,14 +24,22 @@ def history(harness_factory: Any) -> Any:
     h = harness_factory()
     h.add_host("h1")
     h.add_host("h2", memory_mb=1024)
-    h.ok("--user", "alice", "boot", "vm1", "--host", "h1", "--vcpus", "1", "--memory-mb",
-         "2048", "--disk-gb", "1", *WAIT)
-    h.ok("--user", "bob", "boot", "vm2", "--host", "h2", "--vcpus", "1", "--memory-mb",
-         "256", "--disk-gb", "1", *WAIT)
-    h.ok("--user", "alice", "shelve", "vm1", *WAIT)
-    h.ok("--user", "bob", "stop", "vm2", *WAIT)
-    failed = h.shelf("--user", "alice", "unshelve", "vm1", "--host", "h2", *WAIT)
-    assert failed.code == 1  # h2 has no room for 2048 MB
+    ctx = Context(h.store, h.tmp / "data")
+
+    def done(recorded: lifecycle.Recorded) -> None:
+        wait_for_idle(ctx, recorded.instance_id, recorded.request_id, 60)
+
+    try:
+        done(lifecycle.boot(ctx, ALICE, name="vm1", host="h1", vcpus=1, memory_mb=2048,
+                            disk_gb=1))
+        done(lifecycle.boot(ctx, BOB, name="vm2", host="h2", vcpus=1, memory_mb=256,
+                            disk_gb=1))
+        done(lifecycle.request(ctx, ALICE, "shelve", "vm1"))
+        done(lifecycle.request(ctx, BOB, "stop", "vm2"))
+        with pytest.raises(ActionFailed):  # h2 has no room for 2048 MB
+            done(lifecycle.request(ctx, ALICE, "unshelve", "vm1", host="h2"))
+    finally:
+        ctx.close()
     return h
 
 
@@ -44,6 +60,10 @@ def test_filters(history: Any) -> None:
         ("vm1", "create"), ("vm1", "shelve"), ("vm1", "unshelve")]
     assert names(actions(h, "--host", "h2")) == [("vm2", "create"), ("vm2", "stop")]
     assert names(actions(h, "--user", "bob")) == [("vm2", "create"), ("vm2", "stop")]
+    assert names(actions(h, "--project", "db")) == [("vm2", "create"), ("vm2", "stop")]
+    assert {a["project_id"] for a in actions(h, "--instance", "vm1")} == {"web"}
+    assert actions(h, "--project", "nobody") == []
+    assert h.shelf("audit", "--project", "db", "--instance", "vm1").code == 3  # not db's
     assert names(actions(h, "--action", "shelve")) == [("vm1", "shelve")]
     failed = actions(h, "--result", "Error", "--events")
     assert names(failed) == [("vm1", "unshelve")]

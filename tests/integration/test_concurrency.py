@@ -78,7 +78,7 @@ def test_offload_timer_survives_a_worker_restart(
 ) -> None:
     monkeypatch.setenv("SHELF_STORE", store_url)
     settings = Settings(shelved_offload_time=3, shutdown_timeout=2)
-    lookup = Context(None, "shelf", tmp_path / "data")  # the store URL from SHELF_STORE
+    lookup = Context(None, tmp_path / "data")  # the store URL from SHELF_STORE
     hosts = LibvirtHosts(lookup.host_uri, tmp_path / "data")
     request.addfinalizer(hosts.close)
     request.addfinalizer(lookup.close)
@@ -133,7 +133,7 @@ class ClaimRacedOnce(EventStoreRepository):
 def test_a_claim_that_lost_a_race_goes_on_from_the_stored_state(
     store_url: str, tmp_path: Path
 ) -> None:
-    ctx = Context(store_url, "tester", tmp_path / "data")
+    ctx = Context(store_url, tmp_path / "data")
     for name, memory in (("h1", 8192), ("h2", 4096)):
         node = node_xml(tmp_path / f"{name}.xml")
         ctx.service.add_host(name, f"test://{node}", 8, memory, 100, "t", new_request_id())

@@ -13,7 +13,7 @@ from bench.seed import Seeder
 
 
 def test_apply_event_equals_mutate_over_a_random_history(tmp_path: Path) -> None:
-    ctx = Context(f"sqlite:///{tmp_path / 'shelf.db'}", "tester")
+    ctx = Context(f"sqlite:///{tmp_path / 'shelf.db'}")
     seeder = Seeder(ctx.app, tmp_path / "seed", hosts=3, seed=7, error_rate=0.05)
     try:
         seeder.run(150)

@@ -43,7 +43,7 @@ def writer_busy(ctx: Context) -> Iterator[None]:
 
 @pytest.fixture
 def ctx(store_url: str) -> Iterator[Context]:
-    context = Context(store_url, "tester")
+    context = Context(store_url)
     yield context
     context.close()
 
@@ -111,7 +111,7 @@ def test_two_saves_of_one_aggregate_are_never_in_one_batch(ctx: Context) -> None
 def test_a_conflict_with_another_writer_fails_only_that_save(ctx: Context) -> None:
     ctx.repo.save(NameIndex(name="taken", instance_id="first"))
     stale = ctx.repo.get(name_index_id("taken"))
-    elsewhere = Context(ctx.store.url, "someone-else")  # another process's repository
+    elsewhere = Context(ctx.store.url)  # another process's repository
     try:
         index = elsewhere.repo.get(name_index_id("taken"))
         index.free("first")

@@ -35,9 +35,9 @@ class Serve:
     """A worker thread owning `hosts`, with test-driver connections of its own."""
 
     def __init__(self, store: str, data: Path, hosts: frozenset[str] | None) -> None:
-        self.ctx = Context(store, "shelf", data)
+        self.ctx = Context(store, data)
         self.drivers = LibvirtHosts(self.ctx.host_uri, data)
-        self.ctx = Context(store, "shelf", data, hosts=self.drivers)
+        self.ctx = Context(store, data, hosts=self.drivers)
         self.worker = Worker(self.ctx, Settings(shutdown_timeout=1, hosts=hosts), threads=2)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.worker.run, args=(self.stop,), daemon=True)
@@ -124,7 +124,7 @@ def test_a_serve_of_every_host_serves_them_all_for_placement(
     h = harness_factory(start=False)
     h.add_host("h1")
     h.add_host("h2")
-    per_host = Worker(Context(store_url, "shelf", h.tmp / "data"),
+    per_host = Worker(Context(store_url, h.tmp / "data"),
                       Settings(hosts=frozenset({"h1"})))
     try:
         per_host.hold_serving_leases()
@@ -172,7 +172,7 @@ def test_an_instance_held_by_another_serve_is_tried_again_soon(
 def test_a_serve_leaves_the_projections_to_one_writing_them(
         harness_factory: Any, store_url: str) -> None:
     h = harness_factory(start=False)
-    ctx = Context(store_url, "shelf", h.tmp / "data")
+    ctx = Context(store_url, h.tmp / "data")
     ctx.projector.ensure_schema()
     worker = Worker(ctx, Settings())
     node = node_xml(h.tmp / "h1.xml")  # an event the projections have not taken yet:

@@ -37,7 +37,7 @@ def test_two_workers_finish_every_shelve_once(
     harness_factory: Any, store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     h = harness_factory(start=False)
-    lookup = Context(store_url, "shelf", tmp_path / "data")
+    lookup = Context(store_url, tmp_path / "data")
     hosts = LibvirtHosts(lookup.host_uri, tmp_path / "data")
     h.shared_hosts = hosts
     h.start_worker()
@@ -52,7 +52,7 @@ def test_two_workers_finish_every_shelve_once(
     stops = [threading.Event(), threading.Event()]
     threads = []
     for stop in stops:
-        ctx = Context(store_url, "shelf", tmp_path / "data", hosts=hosts)
+        ctx = Context(store_url, tmp_path / "data", hosts=hosts)
         worker = Worker(ctx, Settings(shutdown_timeout=1))
         threads.append(threading.Thread(target=worker.run, args=(stop, True)))
     for thread in threads:

@@ -67,7 +67,7 @@ def seeded(ctx: Context, tmp_path: Path, instances: int, on_flush: Any = None) -
 def test_incremental_equals_rebuilt_over_a_long_random_history(
     store_url: str, tmp_path: Path
 ) -> None:
-    ctx = Context(store_url, "tester", tmp_path / "data")
+    ctx = Context(store_url, tmp_path / "data")
     rng = random.Random(5)
     events = seeded(ctx, tmp_path, 700,
                     on_flush=lambda: ctx.projector.catch_up(batch=rng.choice((7, 100, 1000))))
@@ -102,8 +102,8 @@ def test_two_processes_taking_turns_at_catching_up_equal_a_rebuild(
 ) -> None:
     """As `serve` and read commands do: each runner's cached aggregates fall behind by
     whatever the other applied, and are brought forward from the store."""
-    ctx = Context(store_url, "tester", tmp_path / "data")
-    other = Context(store_url, "reader", tmp_path / "data")
+    ctx = Context(store_url, tmp_path / "data")
+    other = Context(store_url, tmp_path / "data")
     rng = random.Random(9)
     seeded(ctx, tmp_path, 150, on_flush=lambda: rng.choice((ctx, other)).projector.catch_up(
         batch=rng.choice((5, 50, 500))))
@@ -112,13 +112,13 @@ def test_two_processes_taking_turns_at_catching_up_equal_a_rebuild(
 
 
 def test_actions_table_matches_the_history_it_came_from(store_url: str, tmp_path: Path) -> None:
-    ctx = Context(store_url, "tester", tmp_path / "data")
+    ctx = Context(store_url, tmp_path / "data")
     seeded(ctx, tmp_path, 60)
     ctx.projector.catch_up()
     for row in ctx.db.query("SELECT id FROM instances"):
         derived = actions_from_history(queries.history(ctx.db, row["id"]))
         stored = queries.actions(ctx.db, row["id"])
-        skip = {"host", "instance_id", "instance_name", "position"}
+        skip = {"host", "instance_id", "instance_name", "project_id", "position"}
         assert [{k: v for k, v in a.items() if k not in skip} for a in stored] == [
             {k: v for k, v in a.items() if k != "host"} for a in derived]
     ctx.close()
@@ -127,7 +127,7 @@ def test_actions_table_matches_the_history_it_came_from(store_url: str, tmp_path
 def test_host_usage_after_every_step_is_the_sum_of_the_claims(
     store_url: str, tmp_path: Path
 ) -> None:
-    ctx = Context(store_url, "tester", tmp_path / "data")
+    ctx = Context(store_url, tmp_path / "data")
     for name in ("h1", "h2"):
         node = node_xml(tmp_path / f"{name}.xml")
         ctx.service.add_host(name, f"test://{node}", 8, 8192, 100, "t", new_request_id())
@@ -212,7 +212,7 @@ def test_a_long_lived_instance_loads_from_snapshots_to_the_same_state(
             h.ok(command, vm1, *wait)
             time.sleep(0.002)
             seen.append((now_text(), h.show(vm1)))
-    ctx = Context(h.store, "tester", tmp_path / "data")
+    ctx = Context(h.store, tmp_path / "data")
     try:
         instance_id = uuid.UUID(vm1)
         snapshots = list(ctx.app.snapshots.get(instance_id)) if ctx.app.snapshots else []
@@ -234,7 +234,7 @@ def now_text() -> str:
 # ---- a crash mid-catch-up --------------------------------------------------------------
 
 def positions(store_url: str, tmp_path: Path) -> dict[str, int]:
-    ctx = Context(store_url, "tester", tmp_path / "data")
+    ctx = Context(store_url, tmp_path / "data")
     try:
         return ctx.projector.positions()
     finally:
@@ -244,7 +244,7 @@ def positions(store_url: str, tmp_path: Path) -> dict[str, int]:
 def test_crash_inside_a_batch_commits_neither_rows_nor_position(
     store_url: str, tmp_path: Path
 ) -> None:
-    ctx = Context(store_url, "tester", tmp_path / "data")
+    ctx = Context(store_url, tmp_path / "data")
     seeded(ctx, tmp_path, 30)
     ctx.projector.ensure_schema()
     env = {**os.environ, "SHELF_FAILPOINTS": "projection:batch=crash",
@@ -260,7 +260,7 @@ def test_crash_inside_a_batch_commits_neither_rows_nor_position(
 def test_killed_mid_catch_up_resumes_without_gaps_or_doubles(
     store_url: str, tmp_path: Path
 ) -> None:
-    ctx = Context(store_url, "tester", tmp_path / "data")
+    ctx = Context(store_url, tmp_path / "data")
     seeded(ctx, tmp_path, 400)
     head = ctx.app.recorder.max_notification_id()
     ctx.projector.ensure_schema()
@@ -281,13 +281,13 @@ def test_killed_mid_catch_up_resumes_without_gaps_or_doubles(
 
 def test_catch_up_leaves_the_projections_to_a_running_rebuild(pg_url: str,
                                                                tmp_path: Path) -> None:
-    ctx = Context(pg_url, "tester", tmp_path / "data")
+    ctx = Context(pg_url, tmp_path / "data")
     seeded(ctx, tmp_path, 5)
     rebuilding = ProjectionRunner(ctx.app, ctx.db)
     rebuilding.ensure_schema()
     with rebuilding._rebuild_lock():  # as `projections rebuild` holds it, in this session
         ctx.db.execute("DROP INDEX audit_actions_host")  # as the rebuild drops them
-        other = Context(pg_url, "tester", tmp_path / "data")  # another process's session
+        other = Context(pg_url, tmp_path / "data")  # another process's session
         try:
             assert other.projector.catch_up() == 0
             assert set(other.projector.positions().values()) == {0}
@@ -303,7 +303,7 @@ def test_rows_name_ids_and_times_as_the_events_do(store_url: str, tmp_path: Path
     """Ids as str(uuid) and times as utc_text, whichever way the reader got them (text
     straight from the store, or formatted): a change to both catch-up and rebuild would
     slip past the test that compares the two."""
-    ctx = Context(store_url, "tester", tmp_path / "data")
+    ctx = Context(store_url, tmp_path / "data")
     seeded(ctx, tmp_path, 4)
     ctx.projector.catch_up()
     events = [ctx.app.mapper.to_domain_event(n)
@@ -319,7 +319,7 @@ def test_rows_name_ids_and_times_as_the_events_do(store_url: str, tmp_path: Path
 
 def test_an_older_sqlite_tables_primary_key_serves_as_its_key(tmp_path: Path) -> None:
     """SQLite can't drop a primary key: a table made with one gets no second index."""
-    ctx = Context(f"sqlite:///{tmp_path / 'shelf.db'}", "tester", tmp_path / "data")
+    ctx = Context(f"sqlite:///{tmp_path / 'shelf.db'}", tmp_path / "data")
     ctx.db.execute("CREATE TABLE audit_events (instance_id TEXT NOT NULL, version INTEGER "
                    "NOT NULL, request_id TEXT NOT NULL, position BIGINT NOT NULL, event TEXT "
                    "NOT NULL, start_time TEXT NOT NULL, finish_time TEXT NOT NULL, result "
@@ -337,7 +337,7 @@ def test_an_older_tables_primary_key_gives_way_to_its_unique_index(pg_url: str,
     """Tables made when the append-only tables' keys were primary keys: the first schema
     check drops those (a rebuild then builds their unique indexes at its end), keeping
     every row, and a key still can't be stored twice."""
-    ctx = Context(pg_url, "tester", tmp_path / "data")
+    ctx = Context(pg_url, tmp_path / "data")
     seeded(ctx, tmp_path, 4)
     ctx.projector.catch_up()
     before = dump(ctx.db)
@@ -346,7 +346,7 @@ def test_an_older_tables_primary_key_gives_way_to_its_unique_index(pg_url: str,
                        ("host_usage_history", "name, position")):
         ctx.db.execute(f"DROP INDEX {table}_key")
         ctx.db.execute(f"ALTER TABLE {table} ADD PRIMARY KEY ({key})")  # as made before
-    other = Context(pg_url, "tester", tmp_path / "data")  # a newer process's first check
+    other = Context(pg_url, tmp_path / "data")  # a newer process's first check
     try:
         other.projector.ensure_schema()
         constraints = {row["name"] for row in other.db.query(
@@ -371,7 +371,7 @@ def test_a_key_that_cant_be_built_is_named_and_a_rebuild_mends_it(pg_url: str,
                                                                   tmp_path: Path) -> None:
     """Two rows with one key (a bug while a rebuild had the key dropped): commands say
     which table and what mends it, and `projections rebuild` still runs and mends it."""
-    ctx = Context(pg_url, "tester", tmp_path / "data")
+    ctx = Context(pg_url, tmp_path / "data")
     seeded(ctx, tmp_path, 3)
     ctx.projector.catch_up()
     before = dump(ctx.db)
@@ -379,7 +379,7 @@ def test_a_key_that_cant_be_built_is_named_and_a_rebuild_mends_it(pg_url: str,
     row = ctx.db.query("SELECT * FROM audit_history LIMIT 1")[0]
     with ctx.db.transaction():
         ctx.db.insert_many("audit_history", tuple(row), [tuple(row.values())])
-    other = Context(pg_url, "tester", tmp_path / "data")
+    other = Context(pg_url, tmp_path / "data")
     try:
         with pytest.raises(ShelfError, match=r"audit_history holds two rows with one key.*"
                                              r"projections rebuild"):
@@ -392,7 +392,7 @@ def test_a_key_that_cant_be_built_is_named_and_a_rebuild_mends_it(pg_url: str,
 
 
 def test_a_failed_replay_still_builds_the_indexes(store_url: str, tmp_path: Path) -> None:
-    ctx = Context(store_url, "tester", tmp_path / "data")
+    ctx = Context(store_url, tmp_path / "data")
     seeded(ctx, tmp_path, 5)
     runner = ProjectionRunner(ctx.app, ctx.db)
     runner.ensure_schema()
@@ -413,7 +413,7 @@ def test_a_replay_pauses_the_garbage_collector_and_puts_it_back(
         enabled: bool, tmp_path: Path) -> None:
     """A replay runs without cyclic collections, and leaves the collector as it found it,
     also when the replay fails."""
-    ctx = Context(f"sqlite:///{tmp_path / 'shelf.db'}", "tester", tmp_path / "data")
+    ctx = Context(f"sqlite:///{tmp_path / 'shelf.db'}", tmp_path / "data")
     seeded(ctx, tmp_path, 3)
     runner = ProjectionRunner(ctx.app, ctx.db)
     during: list[bool] = []

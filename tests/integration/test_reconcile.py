@@ -22,7 +22,7 @@ WAIT = ("--wait", "--timeout", "60")
 def run_reconcile(
     store_url: str, tmp_path: Path, hosts: Any, fix: bool, all_: bool = False
 ) -> tuple[int, Any]:
-    ctx = Context(store_url, "operator", tmp_path / "data", hosts=hosts)
+    ctx = Context(store_url, tmp_path / "data", hosts=hosts)
     out = io.StringIO()
     try:
         with redirect_stdout(out):

@@ -20,7 +20,7 @@ def test_a_busy_worker_writes_the_projections_at_most_every_half_second(
     # The interval made long: on a loaded machine the first catch-up (which makes the
     # schema) and a host's add took over half a second, and the busy write came due.
     monkeypatch.setattr(worker_module, "PROJECTIONS_SECONDS", 3600.0)
-    ctx = Context(store_url, "shelf", tmp_path / "data")
+    ctx = Context(store_url, tmp_path / "data")
     worker = Worker(ctx, Settings())
     try:
         def add_host(name: str) -> int:

@@ -90,6 +90,7 @@ class Life:
             id=uuid.uuid4(), name=name, host=host, vcpus=1, memory_mb=512, disk_gb=1,
             image_id=None if volume_backed else "base-image", volume_backed=volume_backed,
             ip="10.213.0.2", mac="52:54:00:d5:00:02", user=USER, request_id=new_request_id(),
+            project_id="admin", user_id=USER, flavor=None,
         )
         life = cls(inst, hosts if hosts is not None else {"h1": make_host("h1"),
                                                            "h2": make_host("h2")})

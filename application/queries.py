@@ -9,6 +9,7 @@ a read never misses what was recorded before it. Moments are ISO 8601 text in UT
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,11 +28,17 @@ InstanceFilter = read.InstanceFilter  # project_id, status, host, include_delete
 
 def list_instances(ctx: Context, wanted: InstanceFilter | None = None) -> list[dict[str, Any]]:
     """Instances not deleted (unless `include_deleted`), oldest first (unless
-    `newest_first`), `show`'s fields for each. `wanted.project_id`: only that project's.
-    A `marker` that is no instance of the list's project is NotFound."""
+    `newest_first`), `show`'s fields for each. `wanted.project_id`: only that project's;
+    `wanted.name`: a regular expression found in the name (Nova's `?name=`), UsageError
+    when unreadable. A `marker` that is no instance of the list's project is NotFound."""
     wanted = wanted or InstanceFilter()
     if wanted.limit < 0:
         raise UsageError(f"a limit must be 0 (no limit) or more, not {wanted.limit}")
+    if wanted.name is not None:
+        try:
+            re.compile(wanted.name)
+        except re.error:
+            raise UsageError(f"Invalid regular expression for name: {wanted.name}") from None
     ctx.catch_up()
     if wanted.marker is not None:
         marked = read.instance(ctx.db, wanted.marker)

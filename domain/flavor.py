@@ -104,6 +104,8 @@ def create_flavor(
     extra_specs: dict[str, str] | None = None,
 ) -> Flavor:
     """Record a new flavor; Conflict when its name or id is a live flavor's."""
+    if not name.strip() or (flavor_id is not None and not flavor_id.strip()):
+        raise UsageError("a flavor's name and id must not be empty")
     _check_sizes(vcpus=vcpus, memory_mb=memory_mb, disk_gb=disk_gb,
                  ephemeral_gb=ephemeral_gb, swap_mb=swap_mb)
     catalog = find(repo, FLAVOR_CATALOG_ID, FlavorCatalog) or FlavorCatalog()

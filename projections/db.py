@@ -6,6 +6,7 @@ understand; for PostgreSQL the placeholders become `%s`.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -38,6 +39,7 @@ class Database:
                     check_same_thread=False,
                 )
                 self._sqlite.execute("PRAGMA journal_mode=WAL")
+                self._sqlite.create_function("regexp", 2, _regexp, deterministic=True)
             return self._sqlite
         if self._pg is None or self._pg.closed or self._pg.broken:
             self._pg = _psycopg().connect(self.store.psycopg_conninfo(), autocommit=True)
@@ -173,6 +175,11 @@ def upsert_sql(table: str, columns: Sequence[str], keys: Sequence[str]) -> str:
         f"INSERT INTO {table} ({', '.join(quoted)}) VALUES ({', '.join('?' * len(columns))}) "
         f"ON CONFLICT ({key_list}) DO UPDATE SET {updates}"
     )
+
+
+def _regexp(pattern: str, value: str | None) -> bool:
+    """SQLite's `value REGEXP pattern`: a match anywhere, as PostgreSQL's `~` finds one."""
+    return value is not None and re.search(pattern, value) is not None
 
 
 def _psycopg() -> Any:

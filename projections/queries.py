@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from domain.errors import UsageError
 from projections.db import Database, Row
 from projections.usage import USAGE_COLUMNS
 from projections.views import instance_from_row
@@ -19,12 +20,16 @@ def instance(db: Database, instance_id: str) -> dict[str, Any] | None:
     return instance_from_row(rows[0]) if rows else None
 
 
+BAD_REGEX = "2201B"  # PostgreSQL's invalid_regular_expression
+
+
 @dataclass(frozen=True)
 class InstanceFilter:
     """Which instances a list shows; None matches anything. Paged by `marker` (the last
     instance id of the previous page) and `limit` (0: no limit)."""
 
     project_id: str | None = None
+    name: str | None = None  # a regular expression the name must contain a match of
     status: str | None = None
     host: str | None = None
     include_deleted: bool = False
@@ -37,6 +42,9 @@ def live_instances(db: Database, wanted: InstanceFilter | None = None) -> list[d
     """Instances, oldest first unless `newest_first` (ties by id)."""
     wanted = wanted or InstanceFilter()
     clauses, params = _instance_clauses(wanted)
+    if wanted.name is not None:  # SQLite's REGEXP is Python's re.search (projections/db.py)
+        clauses.append("name ~ ?" if db.backend == "postgres" else "name REGEXP ?")
+        params.append(wanted.name)
     order = "DESC" if wanted.newest_first else "ASC"
     if wanted.marker is not None:
         clauses.append(f"(created_at, id) {'<' if wanted.newest_first else '>'} "
@@ -44,8 +52,13 @@ def live_instances(db: Database, wanted: InstanceFilter | None = None) -> list[d
         params.append(wanted.marker)
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
     limit = f" LIMIT {int(wanted.limit)}" if wanted.limit > 0 else ""
-    rows = db.query(f"SELECT * FROM instances{where} ORDER BY created_at {order}, id {order}"
-                    f"{limit}", params)
+    try:
+        rows = db.query(f"SELECT * FROM instances{where} ORDER BY created_at {order}, "
+                        f"id {order}{limit}", params)
+    except Exception as error:
+        if getattr(error, "sqlstate", None) == BAD_REGEX:  # PostgreSQL's dialect refused it
+            raise UsageError(f"Invalid regular expression for name: {wanted.name}") from None
+        raise
     return [instance_from_row(row) for row in rows]
 
 

@@ -11,7 +11,7 @@ import pytest
 from application import lifecycle, queries
 from application.bootstrap import Context
 from application.identity import Caller, operating_system_user
-from domain.errors import NotFound
+from domain.errors import NotFound, UsageError
 from domain.flavor import flavor_id_for
 
 WAIT = ("--wait", "--timeout", "60")
@@ -38,6 +38,7 @@ def test_flavor_create_list_delete(harness_factory: Any) -> None:
     assert h.shelf("flavor", "create", "other", "--id", "1", *SIZES).code == 4  # id taken
     assert h.shelf("flavor", "create", "bad", "--vcpus", "0", "--memory-mb", "1",
                    "--disk-gb", "1").code == 2
+    assert h.shelf("flavor", "create", " ", *SIZES).code == 2
     h.ok("flavor", "delete", "1")  # by id
     h.ok("flavor", "delete", "m1.small")  # by name
     assert h.ok("flavor", "list", "--json").json() == []
@@ -150,6 +151,13 @@ def test_list_pages_by_marker(harness_factory: Any) -> None:
             page(marker=str(uuid.uuid4()))
         with pytest.raises(NotFound):
             page(marker=marker, project_id="web")
+        assert page(name="^vm[13]$") == ["vm1", "vm3"]  # Nova's ?name=: a regex search
+        assert page(name="m2") == ["vm2"]
+        with pytest.raises(UsageError, match="Invalid regular expression"):
+            page(name="vm(")
+        if ctx.db.backend == "postgres":  # Python's syntax, not PostgreSQL's: refused too
+            with pytest.raises(UsageError, match="Invalid regular expression"):
+                page(name="(?P<x>vm)")
     finally:
         ctx.close()
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from application import validation as v
+from domain.limits import MAX_SIZE
 
 # Commands that create what they name; every other NAME refers to something that exists.
 NAMES_MADE_BY = {("host", "add"): "host", ("boot", None): "instance",
@@ -33,6 +34,7 @@ CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "instance": v.reference, "host": v.reference, "image": v.reference,
     "action": v.reference, "user": v.reference, "hosts": _references,
     "project": v.reference, "flavor": v.reference,
+    "flavor_disk_gb": lambda value, field: v.whole_number(value, field, (0, MAX_SIZE)),
     "vcpus": v.size, "memory_mb": v.size, "disk_gb": v.size, "uri": v.libvirt_uri,
     "timeout": lambda value, field: v.seconds(value, field, v.WAIT_SECONDS),
     "threads": lambda value, field: v.whole_number(value, field, v.THREADS),

@@ -155,7 +155,7 @@ def audit(ctx: Context, args: argparse.Namespace) -> int:
 def flavor_create(ctx: Context, args: argparse.Namespace) -> int:
     created = flavors.create_flavor(
         ctx, caller(args), name=args.name, vcpus=args.vcpus, memory_mb=args.memory_mb,
-        disk_gb=args.disk_gb, flavor_id=args.id, ephemeral_gb=args.ephemeral_gb,
+        disk_gb=args.flavor_disk_gb, flavor_id=args.id, ephemeral_gb=args.ephemeral_gb,
         swap_mb=args.swap_mb, is_public=not args.private, description=args.description,
     )
     print(created["id"])

@@ -131,8 +131,10 @@ def _add_flavor_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None
         dest="flavor_command", required=True)
     create = flavor.add_parser("create", help="define a flavor")
     create.add_argument("name")
-    for option in ("--vcpus", "--memory-mb", "--disk-gb"):
+    for option in ("--vcpus", "--memory-mb"):
         create.add_argument(option, type=int, required=True)
+    # A flavor's disk may be 0 (Nova's: boot from a volume), an instance's not.
+    create.add_argument("--disk-gb", dest="flavor_disk_gb", type=int, required=True)
     create.add_argument("--id", help="the flavor's id (default: a UUID from the name)")
     create.add_argument("--ephemeral-gb", type=int, default=0, help="(0)")
     create.add_argument("--swap-mb", type=int, default=0, help="(0)")
@@ -312,7 +314,8 @@ def _run(argv: Sequence[str] | None) -> int:
 # Commands that may make a new store (SQLite: its file; PostgreSQL: the tables); `image`
 # commands and `user rotate-keys` don't open the store at all.
 MAKE_STORE = {("host", "add"), ("serve", None), ("demo", None), ("user", "create"),
-              ("user", "rotate-keys"), ("image", "import"), ("image", "list")}
+              ("user", "rotate-keys"), ("image", "import"), ("image", "list"),
+              ("flavor", "create")}
 
 
 def _reads_only(args: argparse.Namespace) -> bool:

@@ -59,9 +59,10 @@ def test_text_that_is_not_utf8_is_a_usage_error(fleet: Harness, tmp_path: Path) 
 
 def test_the_environment_is_checked_as_its_options_are(
         fleet: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    """SHELF_USER stands for --user: `--user 'a<newline>b'` was refused, and the same
-    SHELF_USER recorded a boot by that user."""
-    monkeypatch.setenv("SHELF_USER", "a\nb")
+    """SHELF_PROJECT stands for boot's --project: `--project 'a<newline>b'` is refused,
+    and so is the same SHELF_PROJECT (SHELF_USER was checked so before the CLI recorded
+    the operating-system user instead)."""
+    monkeypatch.setenv("SHELF_PROJECT", "a\nb")
     before = count_events(fleet.store)
     result = run_in_process(main, "--store", fleet.store, "boot", "vm2", "--host", "h1",
                             *SIZES)

@@ -1,0 +1,80 @@
+"""Per request: its request id and, on compute paths, its microversion.
+
+`x-openstack-request-id: req-<uuid>` is made here, once, and is the request id the
+application layer records with the action and its events, so `openstack server event
+list` and `shelf actions` agree. The microversion is read from either header and echoed in
+both, with `Vary`, as Nova does. Pure ASGI (no per-request task as BaseHTTPMiddleware has).
+"""
+
+from __future__ import annotations
+
+import json
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api import microversion
+from api.errors import fault_body
+from domain.service import new_request_id
+
+COMPUTE_PREFIX = "/v2.1"
+VARY = "OpenStack-API-Version, X-OpenStack-Nova-API-Version"
+
+
+def request_id_of(scope: Scope) -> str:
+    value: str = scope["state"]["request_id"]
+    return value
+
+
+def version_of(scope: Scope) -> microversion.Microversion:
+    value: microversion.Microversion = scope["state"]["microversion"]
+    return value
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = new_request_id()
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        extra: list[tuple[bytes, bytes]] = [(b"x-openstack-request-id", request_id.encode())]
+        if scope["path"].startswith(COMPUTE_PREFIX):
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                       for k, v in scope["headers"]}
+            try:
+                version = microversion.requested(headers.get(microversion.NEW_HEADER),
+                                                 headers.get(microversion.LEGACY_HEADER))
+            except microversion.BadVersion as error:
+                await _refuse(send, 400, str(error), extra)
+                return
+            except microversion.VersionNotAcceptable as error:
+                await _refuse(send, 406, str(error), extra)
+                return
+            state["microversion"] = version
+            extra += [
+                (b"openstack-api-version", f"compute {version}".encode()),
+                (b"x-openstack-nova-api-version", str(version).encode()),
+                (b"vary", VARY.encode()),
+            ]
+        else:
+            state["microversion"] = microversion.Microversion(*microversion.MIN_VERSION)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+async def _refuse(send: Send, status: int, message: str,
+                  headers: list[tuple[bytes, bytes]]) -> None:
+    body = json.dumps(fault_body(status, message)).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": body})

@@ -39,4 +39,4 @@ venv: $(STAMP) bytecode
 # PYTHONDONTWRITEBYTECODE is set every `shelf` command would compile them again (about
 # 50 ms of each start-up). A stale .pyc is never used: Python checks the source's mtime.
 bytecode: $(STAMP)
-	$(PY) -m compileall -q domain adapters projections cli bench > /dev/null
+	$(PY) -m compileall -q domain adapters projections application api cli bench > /dev/null

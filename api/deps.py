@@ -23,7 +23,7 @@ class ContextPool:
     """Store contexts for the request threads: one request uses one at a time (a context
     holds database connections that are not shared between threads)."""
 
-    def __init__(self, store_url: str, data_dir: Path | None, size: int = 8) -> None:
+    def __init__(self, store_url: str | None, data_dir: Path | None, size: int = 8) -> None:
         self.store_url, self.data_dir = store_url, data_dir
         self._idle: queue.LifoQueue[Context] = queue.LifoQueue()
         self._all: list[Context] = []

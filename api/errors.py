@@ -94,6 +94,8 @@ def install(app: FastAPI) -> None:
 
     async def invalid(_: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, RequestValidationError)
+        if any(e.get("type") == "json_invalid" for e in error.errors()):
+            return fault_response(400, "Malformed request body")
         return fault_response(400, "Invalid input for field/attribute "
                               f"{_where(error)}. {_first_message(error)}")
 

@@ -68,7 +68,25 @@ class NoAuth:
                       roles=with_implied(roles))
 
     def router(self) -> APIRouter | None:
-        return None
+        return identity_version_router()
+
+
+def identity_version_router() -> APIRouter:
+    """Keystone's v3 version document and nothing else: the client reads it before
+    listing servers (it checks that identity speaks v3) even with a static token."""
+    router = APIRouter(prefix="/identity", tags=["identity"])
+
+    @router.get("/v3")
+    @router.get("/v3/", include_in_schema=False)
+    def identity_version(request: Request) -> dict[str, Any]:
+        base = str(request.base_url).rstrip("/")
+        return {"version": {
+            "id": "v3.14", "status": "stable", "updated": "2020-04-07T00:00:00Z",
+            "links": [{"rel": "self", "href": f"{base}/identity/v3/"}],
+            "media-types": [{"base": "application/json",
+                             "type": "application/vnd.openstack.identity-v3+json"}]}}
+
+    return router
 
 
 def _roles(text: str) -> set[str]:

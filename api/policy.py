@@ -85,10 +85,10 @@ class Policy:
     def __init__(self, policy_file: Path | None = None) -> None:
         conf = cfg.ConfigOpts()
         conf([], project="shelf", default_config_files=[], default_config_dirs=[])
-        # use_conf=True: with False, oslo.policy loads no rules at all and denies everything.
+        # use_conf=True even without a file: with False oslo.policy loads no rules at all
+        # (not even the registered defaults) and denies everything.
         self.enforcer = policy.Enforcer(
-            conf, policy_file=str(policy_file) if policy_file else None,
-            use_conf=policy_file is not None)
+            conf, policy_file=str(policy_file) if policy_file else None, use_conf=True)
         self.enforcer.register_defaults(
             [policy.RuleDefault(name, check) for name, check in DEFAULTS.items()])
         self.enforcer.load_rules()

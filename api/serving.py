@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
+from fastapi import FastAPI
 
 from api.app import create_app
 from api.deps import ContextPool
@@ -44,8 +45,9 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def build_server(settings: ApiSettings) -> uvicorn.Server:
-    host, port = parse_listen(settings.listen)
+def build_app(settings: ApiSettings) -> FastAPI:
+    """The application `settings` describe; its `state.contexts` is closed by the caller."""
+    host, _ = parse_listen(settings.listen)
     make_strategy = STRATEGIES.get(settings.auth)
     if make_strategy is None:
         raise UsageError(f"--auth {settings.auth} is not available yet")
@@ -56,15 +58,18 @@ def build_server(settings: ApiSettings) -> uvicorn.Server:
     if strategy.loopback_only and not is_loopback(host):
         raise UsageError(f"--auth {settings.auth} listens only on loopback "
                          f"(127.0.0.0/8, ::1), not on {host}")
-    app = create_app(contexts, strategy, Policy(settings.policy_file))
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning",
-                            access_log=False, server_header=False)
-    return uvicorn.Server(config)
+    return create_app(contexts, strategy, Policy(settings.policy_file))
+
+
+def uvicorn_server(app: FastAPI, listen: str) -> uvicorn.Server:
+    host, port = parse_listen(listen)
+    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                         access_log=False, server_header=False))
 
 
 def serve(settings: ApiSettings) -> None:
-    server = build_server(settings)
+    app = build_app(settings)
     try:
-        server.run()
+        uvicorn_server(app, settings.listen).run()
     finally:
-        server.config.app.state.contexts.close()
+        app.state.contexts.close()

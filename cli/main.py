@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import suppress
+from pathlib import Path
 from typing import NoReturn
 
 from adapters.logs import configure_logging
@@ -224,6 +225,26 @@ def _add_service_commands(sub: argparse._SubParsersAction[OneLineParser]) -> Non
     demo.set_defaults(func=_demo)
 
 
+def _add_api_command(sub: argparse._SubParsersAction[OneLineParser]) -> None:
+    api = sub.add_parser("api", help="serve the Compute API (a Nova subset) over HTTP")
+    api.add_argument("--listen", default="127.0.0.1:8774", metavar="HOST:PORT",
+                     help="address to listen on (127.0.0.1:8774)")
+    api.add_argument("--auth", choices=("noauth", "standalone", "keystone"),
+                     default="noauth", help="how callers are identified (noauth: the "
+                     "token is user:project; development only, loopback only)")
+    api.add_argument("--policy-file", type=Path, metavar="PATH",
+                     help="a policy.yaml overriding Nova's default rules")
+    api.set_defaults(func=_api)
+
+
+def _api(ctx: Context, args: argparse.Namespace) -> int:
+    from api.serving import ApiSettings, serve  # only `shelf api` loads the web stack
+
+    serve(ApiSettings(listen=args.listen, auth=args.auth, policy_file=args.policy_file,
+                      store_url=args.store))
+    return 0
+
+
 def _demo(ctx: Context, args: argparse.Namespace) -> int:
     from cli.demo import run_demo  # only the demo needs it
 
@@ -245,6 +266,7 @@ def build_parser() -> OneLineParser:
     _add_audit_commands(sub)
     _add_service_commands(sub)
     add_user_commands(sub)
+    _add_api_command(sub)
     return parser
 
 

@@ -4,7 +4,7 @@ os-getConsoleOutput."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Response
 
@@ -26,7 +26,7 @@ AVAILABILITY_ZONES = ("nova",)
 @router.post("/servers/{server_id}/action", response_model=None,
              responses={202: {"description": "recorded; `serve` performs it"}})
 def server_action(call: CallDep, server_id: str,
-                  body: dict[str, Any] = Body(...)) -> Response | dict[str, Any]:
+                  body: Annotated[dict[str, Any], Body()]) -> Response | dict[str, Any]:
     if len(body) != 1:
         raise bad_request("There is either no action or more than one action in the body.")
     ((name, argument),) = body.items()

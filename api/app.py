@@ -9,10 +9,19 @@ from api.deps import ContextPool
 from api.identity import Strategy
 from api.middleware import RequestContextMiddleware
 from api.policy import Policy
-from api.routers import actions, hypervisors, images, instance_actions, servers, versions
+from api.routers import (
+    actions,
+    create,
+    flavors,
+    hypervisors,
+    images,
+    instance_actions,
+    servers,
+    versions,
+)
 
-ROUTERS = (versions.router, servers.router, actions.router, instance_actions.router,
-           hypervisors.router, images.router)
+ROUTERS = (versions.router, servers.router, create.router, actions.router,
+           instance_actions.router, flavors.router, hypervisors.router, images.router)
 
 
 def create_app(contexts: ContextPool, identity: Strategy, policy: Policy) -> FastAPI:

@@ -1,0 +1,104 @@
+"""`/v2.1/flavors`: list, detail, show (anyone authenticated); create, delete (admin)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from api import policy
+from api.deps import Call, CallDep
+from api.errors import not_found
+from api.views import links
+from application import lifecycle, queries
+from domain.errors import NotFound
+
+router = APIRouter(prefix="/v2.1", tags=["flavors"])
+
+
+class NewFlavor(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=255)
+    vcpus: int = Field(ge=1, le=2**31 - 1)
+    ram: int = Field(ge=1, le=2**31 - 1)
+    disk: int = Field(ge=0, le=2**31 - 1)
+    id: str | None = Field(default=None, max_length=255)
+    description: str | None = Field(default=None, max_length=65535)
+
+
+class NewFlavorBody(BaseModel):
+    flavor: NewFlavor
+
+
+def flavor_summary(call: Call, flavor: dict[str, Any]) -> dict[str, Any]:
+    body = {"id": flavor["id"], "name": flavor["name"],
+            "links": links(call.base, f"flavors/{flavor['id']}")}
+    if call.version.at_least("2.55"):
+        body["description"] = None
+    return body
+
+
+def flavor_detail(call: Call, flavor: dict[str, Any]) -> dict[str, Any]:
+    body = {**flavor_summary(call, flavor), "vcpus": flavor["vcpus"],
+            "ram": flavor["memory_mb"], "disk": flavor["disk_gb"],
+            "swap": 0 if call.version.at_least("2.75") else "",
+            "OS-FLV-EXT-DATA:ephemeral": 0, "OS-FLV-DISABLED:disabled": False,
+            "os-flavor-access:is_public": True, "rxtx_factor": 1.0}
+    if call.version.at_least("2.61"):
+        body["extra_specs"] = {}
+    return body
+
+
+def find_flavor(call: Call, flavor_id: str) -> dict[str, Any]:
+    try:
+        return queries.flavor(call.ctx, flavor_id)
+    except NotFound:
+        raise not_found(f"Flavor {flavor_id} could not be found.") from None
+
+
+def _listed(call: Call, limit: int | None, marker: str | None) -> list[dict[str, Any]]:
+    found = sorted(queries.flavors(call.ctx), key=lambda f: (f["memory_mb"], f["id"]))
+    if marker is not None:
+        ids = [f["id"] for f in found]
+        if marker not in ids:
+            raise not_found(f"Marker {marker} could not be found.")
+        found = found[ids.index(marker) + 1:]
+    return found[:limit] if limit is not None and limit >= 0 else found
+
+
+@router.get("/flavors")
+def list_flavors(call: CallDep, limit: int | None = Query(None),
+                 marker: str | None = Query(None)) -> dict[str, Any]:
+    return {"flavors": [flavor_summary(call, f) for f in _listed(call, limit, marker)]}
+
+
+@router.get("/flavors/detail")
+def list_flavors_detail(call: CallDep, limit: int | None = Query(None),
+                        marker: str | None = Query(None),
+                        is_public: str | None = Query(None)) -> dict[str, Any]:
+    return {"flavors": [flavor_detail(call, f) for f in _listed(call, limit, marker)]}
+
+
+@router.get("/flavors/{flavor_id}")
+def show_flavor(call: CallDep, flavor_id: str) -> dict[str, Any]:
+    return {"flavor": flavor_detail(call, find_flavor(call, flavor_id))}
+
+
+@router.post("/flavors")
+def create_flavor(call: CallDep, body: Annotated[NewFlavorBody, Body()]) -> dict[str, Any]:
+    call.authorize(policy.FLAVOR_CREATE)
+    new = body.flavor
+    flavor = lifecycle.create_flavor(call.ctx, call.caller, name=new.name, vcpus=new.vcpus,
+                                     memory_mb=new.ram, disk_gb=new.disk,
+                                     request_id=call.request_id)
+    return {"flavor": flavor_detail(call, flavor)}
+
+
+@router.delete("/flavors/{flavor_id}", status_code=202, response_class=Response)
+def delete_flavor(call: CallDep, flavor_id: str) -> Response:
+    call.authorize(policy.FLAVOR_DELETE)
+    flavor = find_flavor(call, flavor_id)
+    lifecycle.delete_flavor(call.ctx, call.caller, flavor["id"], request_id=call.request_id)
+    return Response(status_code=202)

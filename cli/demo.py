@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from application.bootstrap import Context
+from cli.demo_api import show_api_request
 from cli.worker import Worker
 from domain.process_manager import Settings
 
@@ -101,4 +102,6 @@ def _story(root: Path, store: str, worker_thread: threading.Thread) -> None:
     say("the audit trail of every unshelve; every host as it was before the shelving")
     shelf(store, "audit", "--action", "unshelve")
     shelf(store, "host", "list", "--as-of", before_shelving)
+    say("the Compute API: `shelf api` in its own process, asked as the openstack client asks")
+    show_api_request(store)
     sys.stdout.flush()

@@ -1,6 +1,6 @@
 """Nova's error bodies, `{"itemNotFound": {"code": 404, "message": …}}`, for every error the
 API answers, including the framework's own (an unknown path, a body that fails
-validation) and anything unexpected: never a traceback, never a bare 500 page."""
+validation); anything unexpected is answered by the middleware (`computeFault`)."""
 
 from __future__ import annotations
 
@@ -99,16 +99,10 @@ def install(app: FastAPI) -> None:
         return fault_response(400, "Invalid input for field/attribute "
                               f"{_where(error)}. {_first_message(error)}")
 
-    async def unexpected(request: Request, error: Exception) -> JSONResponse:
-        log.error("api.unexpected_error", path=request.url.path, error=repr(error),
-                  exc_info=error)
-        return fault_response(500, UNEXPECTED)
-
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(ShelfError, shelf_error)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid)
-    app.add_exception_handler(Exception, unexpected)
 
 
 def _where(error: RequestValidationError) -> str:

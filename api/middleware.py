@@ -13,7 +13,7 @@ import json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import microversion
-from api.errors import fault_body
+from api.errors import UNEXPECTED, fault_body, log
 from domain.service import new_request_id
 
 COMPUTE_PREFIX = "/v2.1"
@@ -63,12 +63,22 @@ class RequestContextMiddleware:
         else:
             state["microversion"] = microversion.Microversion(*microversion.MIN_VERSION)
 
+        started = False
+
         async def send_with_headers(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception as error:  # a bug: Nova's 500 body, never a traceback or a reset
+            log.error("api.unexpected_error", path=scope["path"], error=repr(error),
+                      request_id=request_id)
+            if not started:
+                await _refuse(send, 500, UNEXPECTED, extra)
 
 
 async def _refuse(send: Send, status: int, message: str,

@@ -26,10 +26,10 @@ def _summary(host: dict[str, Any]) -> dict[str, Any]:
             "state": "up", "status": "enabled"}
 
 
-def _detail(host: dict[str, Any]) -> dict[str, Any]:
+def _detail(call: Call, host: dict[str, Any]) -> dict[str, Any]:
     return {
         **_summary(host), "hypervisor_type": "QEMU", "hypervisor_version": 9000000,
-        "host_ip": "127.0.0.1", "cpu_info": {},
+        "host_ip": "127.0.0.1", "cpu_info": {} if call.version.at_least("2.28") else "{}",
         "vcpus": host["vcpus"], "vcpus_used": host["vcpus_used"],
         "memory_mb": host["memory_mb"], "memory_mb_used": host["memory_mb_used"],
         "free_ram_mb": host["memory_mb"] - host["memory_mb_used"],
@@ -55,7 +55,7 @@ def list_hypervisors(call: CallDep) -> dict[str, Any]:
 @router.get("/os-hypervisors/detail")
 def list_hypervisors_detail(call: CallDep) -> dict[str, Any]:
     call.authorize(policy.HYPERVISORS_DETAIL)
-    return {"hypervisors": [_detail(host) for host in _hosts(call)]}
+    return {"hypervisors": [_detail(call, host) for host in _hosts(call)]}
 
 
 @router.get("/os-hypervisors/{hypervisor}")
@@ -63,5 +63,5 @@ def show_hypervisor(call: CallDep, hypervisor: str) -> dict[str, Any]:
     call.authorize(policy.HYPERVISORS_SHOW)
     for host in _hosts(call):
         if hypervisor in (hypervisor_id(host["name"]), host["name"]):
-            return {"hypervisor": _detail(host)}
+            return {"hypervisor": _detail(call, host)}
     raise not_found(f"Hypervisor with ID {hypervisor} could not be found.")

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from api import policy, views
 from api.deps import Call, CallDep
@@ -42,67 +44,71 @@ def authorize_on(call: Call, rule: str, view: dict[str, Any]) -> None:
     call.authorize(rule, views.project_of(view))
 
 
-def _filters(call: Call, request: Request, limit: int | None, marker: str | None,
-             all_tenants: str | None, detail: bool) -> queries.ServersQuery:
-    params = request.query_params
+@dataclass
+class ListParams:
+    """Nova's list filters; others (Nova has many) are ignored, as Nova ignores those a
+    caller may not use."""
+
+    limit: int | None = Query(None, ge=0)
+    marker: str | None = Query(None)
+    all_tenants: str | None = Query(None)
+    name: str | None = Query(None, description="a regular expression")
+    status: str | None = Query(None)
+    host: str | None = Query(None, description="admin only")
+    project_id: str | None = Query(None, description="with all_tenants")
+
+
+def _filters(call: Call, params: ListParams, detail: bool) -> queries.ServersQuery:
     project: str | None = call.caller.project_id
-    if all_tenants is not None and all_tenants.lower() not in ("0", "false", "off", "no"):
+    if params.all_tenants is not None and params.all_tenants.lower() not in (
+            "0", "false", "off", "no"):
         call.authorize(policy.DETAIL_ALL_TENANTS if detail else policy.INDEX_ALL_TENANTS)
-        project = params.get("project_id") or params.get("tenant_id")
-    name = params.get("name")
-    if name is not None:
+        project = params.project_id
+    if params.name is not None:
         try:
-            re.compile(name)
+            re.compile(params.name)
         except re.error:
-            raise bad_request(f"Invalid regular expression for name: {name}") from None
-    host = params.get("host") if call.allows(policy.ALLOW_ALL_FILTERS) else None
-    if limit is not None and limit < 0:
-        raise bad_request("Invalid input for field/attribute limit.")
-    status = params.get("status")
+            raise bad_request(f"Invalid regular expression for name: {params.name}") from None
+    limit = MAX_LIMIT if params.limit is None else min(params.limit, MAX_LIMIT)
     return queries.ServersQuery(
-        project=project, name=name, status=status.upper() if status else None, host=host,
-        limit=min(limit if limit is not None else MAX_LIMIT, MAX_LIMIT), marker=marker)
+        project=project, name=params.name,
+        status=params.status.upper() if params.status else None,
+        host=params.host if call.allows(policy.ALLOW_ALL_FILTERS) else None,
+        limit=limit, marker=params.marker)
 
 
-def _page(call: Call, wanted: queries.ServersQuery) -> list[dict[str, Any]]:
+def _listing(call: Call, request: Request, params: ListParams, detail: bool
+             ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A page of servers, and `servers_links` to the next one when the page is full."""
+    wanted = _filters(call, params, detail)
     try:
-        return queries.servers_page(call.ctx, wanted)
+        found = queries.servers_page(call.ctx, wanted)
     except NotFound:
         raise bad_request(f"marker [{wanted.marker}] not found") from None
-
-
-def _next_link(call: Call, request: Request, found: list[dict[str, Any]],
-               wanted: queries.ServersQuery, path: str) -> dict[str, Any]:
     if not found or len(found) < wanted.limit:
-        return {}
-    params = dict(request.query_params)
-    params.update(limit=str(wanted.limit), marker=found[-1]["id"])
-    query = "&".join(f"{key}={value}" for key, value in params.items())
-    return {"servers_links": [{"rel": "next", "href": f"{call.base}/v2.1/{path}?{query}"}]}
+        return found, {}
+    query = urlencode({**request.query_params, "limit": wanted.limit,
+                       "marker": found[-1]["id"]})
+    href = f"{call.base}{request.url.path}?{query}"
+    return found, {"servers_links": [{"rel": "next", "href": href}]}
 
 
 @router.get("/servers")
-def list_servers(call: CallDep, request: Request, limit: int | None = Query(None),
-                 marker: str | None = Query(None),
-                 all_tenants: str | None = Query(None)) -> dict[str, Any]:
+def list_servers(call: CallDep, request: Request,
+                 params: Annotated[ListParams, Depends()]) -> dict[str, Any]:
     call.authorize(policy.INDEX)
-    wanted = _filters(call, request, limit, marker, all_tenants, detail=False)
-    found = _page(call, wanted)
-    return {"servers": [views.server_summary(view, call.base) for view in found],
-            **_next_link(call, request, found, wanted, "servers")}
+    found, more = _listing(call, request, params, detail=False)
+    return {"servers": [views.server_summary(view, call.base) for view in found], **more}
 
 
 @router.get("/servers/detail")
-def list_servers_detail(call: CallDep, request: Request, limit: int | None = Query(None),
-                        marker: str | None = Query(None),
-                        all_tenants: str | None = Query(None)) -> dict[str, Any]:
+def list_servers_detail(call: CallDep, request: Request,
+                        params: Annotated[ListParams, Depends()]) -> dict[str, Any]:
     call.authorize(policy.DETAIL)
-    wanted = _filters(call, request, limit, marker, all_tenants, detail=True)
-    found = _page(call, wanted)
+    found, more = _listing(call, request, params, detail=True)
     host_attributes = call.allows(policy.SERVER_ATTRIBUTES)
     return {"servers": [views.server_detail(view, call.version, call.base, host_attributes)
-                        for view in found],
-            **_next_link(call, request, found, wanted, "servers/detail")}
+                        for view in found], **more}
 
 
 @router.get("/servers/{server_id}")

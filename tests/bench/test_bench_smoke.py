@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from bench import audit, lifecycle, qemu, replay
+from bench import api, audit, lifecycle, qemu, replay
 from tests.e2e.test_qemu import _require_libvirtd
 
 RATIO = re.compile(r"^ratio = \d+\.\d{3}$")
@@ -45,6 +45,17 @@ def test_audit_bench(capsys: pytest.CaptureFixture[str]) -> None:
     lines = run(audit.main, ["--events", "300", "--hosts", "2", "--samples", "5",
                              "--store", "sqlite"], capsys)
     assert any(line.startswith("audit --host p99") for line in lines)
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_api_bench(store: str, request: pytest.FixtureRequest,
+                   capsys: pytest.CaptureFixture[str]) -> None:
+    if store == "postgres":
+        request.getfixturevalue("pg_url")  # PostgreSQL is up (or the test fails under CI)
+    lines = run(api.main, ["--instances", "40", "--hosts", "2", "--samples", "5",
+                           "--seconds", "0.5", "--store", store], capsys)
+    for name in ("show p99", "detail?limit=100 p99", "shelve POST p99", "show req/s"):
+        assert any(line.startswith(name) for line in lines), name
 
 
 @pytest.mark.e2e

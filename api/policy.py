@@ -7,6 +7,7 @@ gets this far (it is 404 before policy is asked).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +96,13 @@ class Policy:
 
     def allows(self, rule: str, caller: Caller, project_id: str | None = None) -> bool:
         """`project_id` is the target's project (the caller's own when it has none)."""
-        target = {"project_id": project_id or caller.project_id,
-                  "user_id": caller.user_id}
+        return self._decide(rule, caller, project_id or caller.project_id)
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 (one Policy per process, kept for good)
+    def _decide(self, rule: str, caller: Caller, project_id: str) -> bool:
+        """The rules are fixed once loaded, so a decision depends on these values only
+        (an enforcement costs about 0.4 ms; a show asks two)."""
+        target = {"project_id": project_id, "user_id": caller.user_id}
         return bool(self.enforcer.enforce(rule, target, _credentials(caller)))
 
     def authorize(self, rule: str, caller: Caller, project_id: str | None = None) -> None:

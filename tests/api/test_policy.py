@@ -133,6 +133,13 @@ def test_unauthenticated_and_microversion_errors(cloud: tuple[Any, Api]) -> None
         assert conflict.status_code == 409
         assert conflict.json()["conflictingRequest"]["message"].startswith(
             f"Cannot 'start' instance {server_id}")
+        console = alice.post(f"/v2.1/servers/{server_id}/action",
+                             json={"os-getConsoleOutput": {"length": 10}})
+        if console.status_code == 404:  # no console log kept for this guest: as Nova says
+            assert console.json()["itemNotFound"]["message"] == (
+                "Guest does not have a console available.")
+        else:
+            assert console.status_code == 200 and isinstance(console.json()["output"], str)
 
 
 def test_a_policy_file_overrides_a_default(cloud: tuple[Any, Api], tmp_path: Path) -> None:

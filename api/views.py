@@ -46,7 +46,7 @@ def server_detail(view: dict[str, Any], version: Microversion, base: str,
     project = project_of(view)
     server: dict[str, Any] = {
         "id": view["id"], "name": view["name"], "status": view["status"],
-        "tenant_id": project, "user_id": view.get("user_id") or view.get("user") or "",
+        "tenant_id": project, "user_id": view["user_id"],
         "created": timestamp(view["created_at"]), "updated": timestamp(view["updated_at"]),
         "hostId": host_id(project, view["host"]),
         "flavor": _flavor(view, version, base), "image": _image(view, base),
@@ -72,7 +72,7 @@ def server_detail(view: dict[str, Any], version: Microversion, base: str,
 
 
 def project_of(view: dict[str, Any]) -> str:
-    project: str = view.get("project_id") or view.get("project") or ""
+    project: str = view["project_id"]
     return project
 
 
@@ -88,15 +88,17 @@ def _by_version(version: Microversion) -> dict[str, Any]:
 
 
 def _flavor(view: dict[str, Any], version: Microversion, base: str) -> dict[str, Any]:
-    if version.at_least("2.47"):
-        name = view.get("flavor") or (
-            f"{view['vcpus']}vcpu-{view['memory_mb']}mb-{view['disk_gb']}gb")
-        return {"original_name": name, "vcpus": view["vcpus"], "ram": view["memory_mb"],
-                "disk": view["disk_gb"], "ephemeral": 0, "swap": 0, "extra_specs": {}}
-    flavor_id = view.get("flavor_id")
-    if not flavor_id:
+    flavor = view.get("flavor")
+    if version.at_least("2.47"):  # the copy the instance keeps, or its own sizes
+        flavor = flavor or {"name": f"{view['vcpus']}vcpu-{view['memory_mb']}mb-"
+                            f"{view['disk_gb']}gb", "extra_specs": {}}
+        return {"original_name": flavor["name"], "vcpus": view["vcpus"],
+                "ram": view["memory_mb"], "disk": view["disk_gb"],
+                "ephemeral": flavor.get("ephemeral_gb", 0), "swap": flavor.get("swap_mb", 0),
+                "extra_specs": flavor.get("extra_specs", {})}
+    if not flavor:
         return {}  # booted with explicit sizes: no flavor to point at (tempest allows {})
-    return {"id": flavor_id, "links": [links(base, f"flavors/{flavor_id}")[1]]}
+    return {"id": flavor["id"], "links": [links(base, f"flavors/{flavor['id']}")[1]]}
 
 
 def _image(view: dict[str, Any], base: str) -> dict[str, Any] | str:

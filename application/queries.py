@@ -164,15 +164,3 @@ def projections_status(ctx: Context) -> list[dict[str, Any]]:
     return [{"name": s.name, "position": s.position, "head": s.head, "lag": s.lag,
              "quarantined": [q for q in quarantined if q["projection"] == s.name]}
             for s in ctx.projector.status()]
-
-
-ServersQuery = read.InstancePage
-
-
-def servers_page(ctx: Context, wanted: ServersQuery) -> list[dict[str, Any]]:
-    """A page of live instances, newest first (the HTTP API's server list)."""
-    ctx.catch_up()
-    page = read.instances_page(ctx.db, wanted)
-    if page is None:
-        raise NotFound(f"marker [{wanted.marker}] not found")
-    return page

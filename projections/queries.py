@@ -4,7 +4,6 @@ actions, history, and filtered audit pages. Every query is served by an index.""
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,42 +166,3 @@ def audit(db: Database, wanted: AuditFilter) -> list[dict[str, Any]]:
     rows = db.query(f"SELECT * FROM audit_actions WHERE {' AND '.join(clauses)} "
                     f"ORDER BY position{limit}", params)
     return [{f: row[f] for f in ACTION_FIELDS} for row in rows]
-
-
-@dataclass(frozen=True)
-class InstancePage:
-    """Live instances newest first (Nova's default order), filtered; `name` is a regular
-    expression searched in the name; `marker` is the id of the last one already seen."""
-
-    project: str | None = None
-    name: str | None = None
-    status: str | None = None
-    host: str | None = None
-    limit: int = 1000
-    marker: str | None = None
-
-
-def instances_page(db: Database, wanted: InstancePage) -> list[dict[str, Any]] | None:
-    """One page, or None when the marker is no instance of the listing."""
-    clauses, params = ["vm_state != 'deleted'"], []
-    for column, value in (("project", wanted.project), ("status", wanted.status),
-                          ("host", wanted.host)):
-        if value is not None:
-            clauses.append(f"{column} = ?")
-            params.append(value)
-    if wanted.marker is not None:
-        rows = db.query(f"SELECT created_at, id FROM instances WHERE id = ? AND "
-                        f"{' AND '.join(clauses)}", (wanted.marker, *params))
-        if not rows:
-            return None
-        clauses.append("(created_at < ? OR (created_at = ? AND id < ?))")
-        params += [rows[0]["created_at"], rows[0]["created_at"], rows[0]["id"]]
-    sql = (f"SELECT * FROM instances WHERE {' AND '.join(clauses)} "
-           "ORDER BY created_at DESC, id DESC")
-    if wanted.name is None:
-        rows = db.query(f"{sql} LIMIT {int(wanted.limit)}", params)
-    else:  # a regular expression: neither database matches them alike, so Python does
-        pattern = re.compile(wanted.name)
-        rows = [row for row in db.query(sql, params) if pattern.search(row["name"])]
-        rows = rows[:wanted.limit]
-    return [instance_from_row(row) for row in rows]

@@ -55,13 +55,14 @@ def _root_device(new: NewServer) -> BlockDevice | None:
     return None
 
 
-def _boot_source(new: NewServer, flavor_disk: int) -> tuple[str | None, bool, int]:
-    """(image, volume-backed, root disk GB) from imageRef and the root block device."""
+def _boot_source(new: NewServer) -> tuple[str | None, bool, int | None]:
+    """(image, volume-backed, root disk GB or None for the flavor's) from imageRef and the
+    root block device."""
     device = _root_device(new)
     if device is None or device.destination_type != "volume":
         if not new.imageRef:
             raise bad_request("Missing imageRef attribute")
-        return new.imageRef, False, flavor_disk
+        return new.imageRef, False, None
     if device.source_type == "image":
         image = device.uuid
     elif device.source_type == "blank":
@@ -69,7 +70,7 @@ def _boot_source(new: NewServer, flavor_disk: int) -> tuple[str | None, bool, in
     else:
         raise bad_request(f"Block device source_type {device.source_type} is not supported: "
                           "shelf creates the volume itself, from an image or blank")
-    return image, True, device.volume_size or flavor_disk
+    return image, True, device.volume_size
 
 
 def _flavor(call: Call, ref: str) -> dict[str, Any]:
@@ -87,15 +88,14 @@ def create_server(call: CallDep, body: Annotated[NewServerBody, Body()]) -> Resp
         raise bad_request(f"The requested availability zone is not available: "
                           f"{new.availability_zone}")
     flavor = _flavor(call, new.flavorRef)
-    image, volume_backed, disk_gb = _boot_source(new, flavor["disk_gb"])
-    if not disk_gb:
+    image, volume_backed, disk_gb = _boot_source(new)
+    if not (disk_gb or flavor["disk_gb"]):
         raise bad_request(f"Flavor {flavor['name']} has no disk: boot from a volume "
                           "(block_device_mapping_v2) with a volume_size")
     try:
         recorded = lifecycle.boot(
-            call.ctx, call.caller, name=new.name, host=None, vcpus=flavor["vcpus"],
-            memory_mb=flavor["memory_mb"], disk_gb=disk_gb, image=image,
-            volume_backed=volume_backed, request_id=call.request_id)
+            call.ctx, call.caller, name=new.name, flavor=flavor["id"], disk_gb=disk_gb,
+            image=image, volume_backed=volume_backed, request_id=call.request_id)
     except NotFound as error:  # the image: Nova answers 400 for a bad imageRef
         raise bad_request(f"Image {image} could not be found.") from error
     server_links = links(call.base, f"servers/{recorded.instance_id}")

@@ -11,7 +11,7 @@ from api import policy
 from api.deps import Call, CallDep
 from api.errors import not_found
 from api.views import links
-from application import lifecycle, queries
+from application import flavors, queries
 from domain.errors import NotFound
 
 router = APIRouter(prefix="/v2.1", tags=["flavors"])
@@ -24,8 +24,12 @@ class NewFlavor(BaseModel):
     vcpus: int = Field(ge=1, le=2**31 - 1)
     ram: int = Field(ge=1, le=2**31 - 1)
     disk: int = Field(ge=0, le=2**31 - 1)
-    id: str | None = Field(default=None, max_length=255)
+    id: str | None = Field(default=None, min_length=1, max_length=255)
     description: str | None = Field(default=None, max_length=65535)
+    ephemeral: int = Field(default=0, ge=0, le=2**31 - 1,
+                           alias="OS-FLV-EXT-DATA:ephemeral")
+    swap: int = Field(default=0, ge=0, le=2**31 - 1)
+    is_public: bool = Field(default=True, alias="os-flavor-access:is_public")
 
 
 class NewFlavorBody(BaseModel):
@@ -36,30 +40,35 @@ def flavor_summary(call: Call, flavor: dict[str, Any]) -> dict[str, Any]:
     body = {"id": flavor["id"], "name": flavor["name"],
             "links": links(call.base, f"flavors/{flavor['id']}")}
     if call.version.at_least("2.55"):
-        body["description"] = None
+        body["description"] = flavor["description"]
     return body
 
 
 def flavor_detail(call: Call, flavor: dict[str, Any]) -> dict[str, Any]:
     body = {**flavor_summary(call, flavor), "vcpus": flavor["vcpus"],
             "ram": flavor["memory_mb"], "disk": flavor["disk_gb"],
-            "swap": 0 if call.version.at_least("2.75") else "",
-            "OS-FLV-EXT-DATA:ephemeral": 0, "OS-FLV-DISABLED:disabled": False,
-            "os-flavor-access:is_public": True, "rxtx_factor": 1.0}
+            "swap": flavor["swap_mb"] or (0 if call.version.at_least("2.75") else ""),
+            "OS-FLV-EXT-DATA:ephemeral": flavor["ephemeral_gb"],
+            "OS-FLV-DISABLED:disabled": False,
+            "os-flavor-access:is_public": flavor["is_public"], "rxtx_factor": 1.0}
     if call.version.at_least("2.61"):
-        body["extra_specs"] = {}
+        body["extra_specs"] = flavor["extra_specs"]
     return body
 
 
 def find_flavor(call: Call, flavor_id: str) -> dict[str, Any]:
+    missing = not_found(f"Flavor {flavor_id} could not be found.")
     try:
-        return queries.flavor(call.ctx, flavor_id)
+        flavor = queries.show_flavor(call.ctx, flavor_id)
     except NotFound:
-        raise not_found(f"Flavor {flavor_id} could not be found.") from None
+        raise missing from None
+    if flavor["id"] != flavor_id:  # a name: 404, so the client searches the list
+        raise missing
+    return flavor
 
 
 def _listed(call: Call, limit: int | None, marker: str | None) -> list[dict[str, Any]]:
-    found = sorted(queries.flavors(call.ctx), key=lambda f: (f["memory_mb"], f["id"]))
+    found = sorted(queries.list_flavors(call.ctx), key=lambda f: (f["memory_mb"], f["id"]))
     if marker is not None:
         ids = [f["id"] for f in found]
         if marker not in ids:
@@ -90,9 +99,10 @@ def show_flavor(call: CallDep, flavor_id: str) -> dict[str, Any]:
 def create_flavor(call: CallDep, body: Annotated[NewFlavorBody, Body()]) -> dict[str, Any]:
     call.authorize(policy.FLAVOR_CREATE)
     new = body.flavor
-    flavor = lifecycle.create_flavor(call.ctx, call.caller, name=new.name, vcpus=new.vcpus,
-                                     memory_mb=new.ram, disk_gb=new.disk,
-                                     request_id=call.request_id)
+    flavor = flavors.create_flavor(
+        call.ctx, call.caller, name=new.name, vcpus=new.vcpus, memory_mb=new.ram,
+        disk_gb=new.disk, flavor_id=new.id, ephemeral_gb=new.ephemeral, swap_mb=new.swap,
+        is_public=new.is_public, description=new.description)
     return {"flavor": flavor_detail(call, flavor)}
 
 
@@ -100,5 +110,5 @@ def create_flavor(call: CallDep, body: Annotated[NewFlavorBody, Body()]) -> dict
 def delete_flavor(call: CallDep, flavor_id: str) -> Response:
     call.authorize(policy.FLAVOR_DELETE)
     flavor = find_flavor(call, flavor_id)
-    lifecycle.delete_flavor(call.ctx, call.caller, flavor["id"], request_id=call.request_id)
+    flavors.delete_flavor(call.ctx, call.caller, flavor["id"])
     return Response(status_code=202)

@@ -43,7 +43,7 @@ def _detail(call: Call, host: dict[str, Any]) -> dict[str, Any]:
 
 
 def _hosts(call: Call) -> list[dict[str, Any]]:
-    return queries.hosts(call.ctx)
+    return queries.list_hosts(call.ctx)
 
 
 @router.get("/os-hypervisors")

@@ -42,7 +42,7 @@ def _owner(call: Call, image: dict[str, Any]) -> str | None:
 
 def _visible(call: Call) -> list[tuple[dict[str, Any], str | None]]:
     listed = []
-    for image in queries.images(call.ctx):
+    for image in queries.list_images(call.ctx):
         owner = _owner(call, image)
         if owner is None or owner == call.caller.project_id or call.caller.is_admin:
             listed.append((image, owner))

@@ -58,7 +58,7 @@ class ListParams:
     project_id: str | None = Query(None, description="with all_tenants")
 
 
-def _filters(call: Call, params: ListParams, detail: bool) -> queries.ServersQuery:
+def _filters(call: Call, params: ListParams, detail: bool) -> queries.InstanceFilter:
     project: str | None = call.caller.project_id
     if params.all_tenants is not None and params.all_tenants.lower() not in (
             "0", "false", "off", "no"):
@@ -69,12 +69,12 @@ def _filters(call: Call, params: ListParams, detail: bool) -> queries.ServersQue
             re.compile(params.name)
         except re.error:
             raise bad_request(f"Invalid regular expression for name: {params.name}") from None
-    limit = MAX_LIMIT if params.limit is None else min(params.limit, MAX_LIMIT)
-    return queries.ServersQuery(
-        project=project, name=params.name,
+    limit = min(params.limit or MAX_LIMIT, MAX_LIMIT)  # 0 is none given, as in Nova
+    return queries.InstanceFilter(
+        project_id=project, name=params.name,
         status=params.status.upper() if params.status else None,
         host=params.host if call.allows(policy.ALLOW_ALL_FILTERS) else None,
-        limit=limit, marker=params.marker)
+        newest_first=True, limit=limit, marker=params.marker)
 
 
 def _listing(call: Call, request: Request, params: ListParams, detail: bool
@@ -82,7 +82,7 @@ def _listing(call: Call, request: Request, params: ListParams, detail: bool
     """A page of servers, and `servers_links` to the next one when the page is full."""
     wanted = _filters(call, params, detail)
     try:
-        found = queries.servers_page(call.ctx, wanted)
+        found = queries.list_instances(call.ctx, wanted)
     except NotFound:
         raise bad_request(f"marker [{wanted.marker}] not found") from None
     if not found or len(found) < wanted.limit:

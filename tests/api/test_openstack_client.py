@@ -3,6 +3,7 @@ the API against a running worker on libvirt's test driver, on SQLite and Postgre
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -35,8 +36,7 @@ def test_the_client_drives_a_whole_lifecycle(cloud: tuple[Any, Api]) -> None:
         (server_id, "web1", "ACTIVE")]
     shown = api.openstack_json("alice", "server", "show", "web1")
     assert (shown["id"], shown["project_id"], shown["user_id"]) == (server_id, "web", "alice")
-    assert shown["flavor"]["original_name"] if isinstance(shown["flavor"], dict) else \
-        "m1.tiny" in shown["flavor"]
+    assert "m1.tiny" in json.dumps(shown["flavor"])
 
     api.openstack("alice", "server", "shelve", "--wait", "web1")
     assert api.openstack_json("alice", "server", "show", "web1")["status"] == \

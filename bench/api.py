@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     store_options(parser)
     args = parser.parse_args(argv)
     with bench_store(args.store, args.keep) as url:
-        ctx = Context(url, "bench")
+        ctx = Context(url)
         try:
             instances = ensure_instances(ctx, args.instances, args.hosts)
             live = [r["id"] for r in ctx.db.query(

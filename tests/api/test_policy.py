@@ -104,8 +104,10 @@ def test_events_carry_the_callers_identity_never_the_bodys(cloud: tuple[Any, Api
         shown = alice.get(f"/v2.1/servers/{server_id}").json()["server"]
         assert (shown["user_id"], shown["tenant_id"]) == ("alice", "web")
     records = history(h, server_id)
-    assert {(r["user"], r["project"]) for r in records if r["event"].endswith(
-        "Requested")} == {("alice", "web")}
+    first = records[0]
+    assert (first["event"], first["user"], first["user_id"], first["project_id"]) == (
+        "BootRequested", "alice", "alice", "web")
+    assert {r["user"] for r in records if r["event"].endswith("Requested")} == {"alice"}
     assert request_id in {r["request_id"] for r in records}
 
 

@@ -42,7 +42,8 @@ def host_id(project_id: str, host: str | None) -> str:
 
 
 def server_detail(view: dict[str, Any], version: Microversion, base: str,
-                  host_attributes: bool) -> dict[str, Any]:
+                  host_attributes: bool, listed: bool = False) -> dict[str, Any]:
+    """One server as show (or, `listed`, as a detail list) answers it."""
     project = project_of(view)
     server: dict[str, Any] = {
         "id": view["id"], "name": view["name"], "status": view["status"],
@@ -68,6 +69,8 @@ def server_detail(view: dict[str, Any], version: Microversion, base: str,
     if view.get("fault"):
         server["fault"] = _fault(view, host_attributes)
     server.update(_by_version(version))
+    if listed:  # from 2.71 server groups are shown by show only, as in Nova
+        server.pop("server_groups", None)
     return server
 
 

@@ -107,8 +107,8 @@ def list_servers_detail(call: CallDep, request: Request,
     call.authorize(policy.DETAIL)
     found, more = _listing(call, request, params, detail=True)
     host_attributes = call.allows(policy.SERVER_ATTRIBUTES)
-    return {"servers": [views.server_detail(view, call.version, call.base, host_attributes)
-                        for view in found], **more}
+    return {"servers": [views.server_detail(view, call.version, call.base, host_attributes,
+                                            listed=True) for view in found], **more}
 
 
 @router.get("/servers/{server_id}")

@@ -61,6 +61,8 @@ class Tempest:
 def tempest_clients(url: str, token: str) -> Tempest:
     provider = FixedTokenAuth(f"{url}/v2.1", token)
     args = (provider, "compute", "RegionOne")
-    return Tempest(servers_client.ServersClient(*args), flavors_client.FlavorsClient(*args),
+    # shelf sets no guest password: as Nova with enable_instance_password = False
+    servers = servers_client.ServersClient(*args, enable_instance_password=False)
+    return Tempest(servers, flavors_client.FlavorsClient(*args),
                    hypervisor_client.HypervisorClient(*args),
                    versions_client.VersionsClient(*args))

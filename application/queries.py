@@ -62,6 +62,12 @@ def show_instance(
     return row if row and row["version"] >= found.version else instance_view(found)
 
 
+def current_instance(ctx: Context, instance: str, project: str | None = None) -> dict[str, Any]:
+    """One instance (id or name) now, as `show_instance` gives it, from its own events
+    alone: no projection to catch up first (what the API's per-server requests need)."""
+    return instance_view(resolve_instance(ctx.repo, instance, project))
+
+
 def _instance_as_of(ctx: Context, found: Instance, moment: str) -> dict[str, Any]:
     version = read.version_at(ctx.db, str(found.id), moment)
     if version is None:

@@ -29,7 +29,7 @@ def find_server(call: Call, server_id: str) -> dict[str, Any]:
     missing = not_found(f"Instance {server_id} could not be found.")
     try:
         uuid.UUID(server_id)
-        view = queries.show_instance(call.ctx, server_id)
+        view = queries.current_instance(call.ctx, server_id)
     except (ValueError, NotFound):
         raise missing from None
     if view["vm_state"] == "deleted":

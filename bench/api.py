@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -60,8 +62,10 @@ def _free_port() -> int:
 @contextmanager
 def api_process(store: str) -> Iterator[str]:
     url = f"http://127.0.0.1:{_free_port()}"
+    data = tempfile.TemporaryDirectory(prefix="shelf-bench-api-", dir="/var/tmp")
     api = subprocess.Popen([sys.executable, "-m", "cli.main", "--store", store, "api",
-                            "--listen", url.removeprefix("http://")])
+                            "--listen", url.removeprefix("http://")],
+                           env={**os.environ, "SHELF_DATA_DIR": data.name})
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -76,6 +80,7 @@ def api_process(store: str) -> Iterator[str]:
     finally:
         api.terminate()
         api.wait(timeout=30)
+        data.cleanup()
 
 
 def timed(client: httpx.Client, send: Callable[[httpx.Client], httpx.Response],

@@ -28,6 +28,11 @@ def test_loopback_addresses() -> None:
 def test_cli_refuses_what_is_not_there(tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     store = f"sqlite:///{tmp_path}/s.db"
+    assert main(["--store", store, "api"]) == 3  # no such store: `api` makes none
+    capsys.readouterr()
+    assert main(["--store", store, "flavor", "create", "m1", "--vcpus", "1",
+                 "--memory-mb", "64", "--disk-gb", "1"]) == 0  # makes the store
+    capsys.readouterr()
     assert main(["--store", store, "api", "--auth", "keystone"]) == 2
     assert capsys.readouterr().err.strip() == "shelf: --auth keystone is not available yet"
     assert main(["--store", store, "api", "--listen", "nowhere"]) == 2

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 from fastapi import APIRouter, Request
 
 from api.errors import unauthorized
+from api.keystone_auth import keystone_strategy
+from api.standalone_auth import standalone_strategy
 from application.identity import Caller
 
 TOKEN_HEADER = "x-auth-token"
@@ -93,12 +95,13 @@ def _roles(text: str) -> set[str]:
     return {role.strip().lower() for role in text.split(",") if role.strip()}
 
 
-def _noauth(_: Any) -> Strategy:
+def _noauth(_: Any, __: Any) -> Strategy:
     return NoAuth()
 
 
-# name → factory(the API's composition root) → strategy
-STRATEGIES: dict[str, Callable[[Any], Strategy]] = {"noauth": _noauth}
+# name → factory(the API's composition root, the ApiSettings) → strategy
+STRATEGIES: dict[str, Callable[[Any, Any], Strategy]] = {
+    "noauth": _noauth, "standalone": standalone_strategy, "keystone": keystone_strategy}
 
 
 def caller(request: Request) -> Caller:

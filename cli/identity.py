@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from application.auth.keys import KeyRing
@@ -55,6 +56,29 @@ def add_user_commands(sub: argparse._SubParsersAction[Any]) -> None:
                         help="the longest token lifetime in use: keys that can't have "
                              "signed a live token are dropped (3600)")
     rotate.set_defaults(func=user_rotate_keys)
+
+
+def add_identity_options(api: argparse.ArgumentParser) -> None:
+    """`shelf api`'s options for identity and TLS."""
+    api.add_argument("--token-keys", metavar="DIR",
+                     help="standalone: token key directory (default $SHELF_TOKEN_KEYS, "
+                          "else DATA_DIR/token-keys; made on first start)")
+    api.add_argument("--token-lifetime", type=float, metavar="S",
+                     default=DEFAULT_LIFETIME.total_seconds(),
+                     help="standalone: seconds a token lives (3600)")
+    api.add_argument("--revocation-refresh", type=float, default=5.0, metavar="S",
+                     help="standalone: re-read the revocation list this often (5)")
+    api.add_argument("--keystone-url", metavar="URL",
+                     help="keystone: its URL, e.g. https://keystone.example:5000")
+    api.add_argument("--keystone-cache", type=float, default=60.0, metavar="S",
+                     help="keystone: keep a validated token this long (60); a token "
+                          "revoked in Keystone may work here this long")
+    api.add_argument("--keystone-cafile", metavar="FILE",
+                     help="keystone: CA bundle for Keystone's certificate")
+    api.add_argument("--tls-cert", type=Path, metavar="FILE", help="serve HTTPS: certificate")
+    api.add_argument("--tls-key", type=Path, metavar="FILE", help="serve HTTPS: its key")
+    api.add_argument("--insecure-http", action="store_true",
+                     help="allow plain HTTP on a non-loopback address")
 
 
 def _add_credential_commands(commands: argparse._SubParsersAction[Any]) -> None:

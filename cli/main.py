@@ -21,6 +21,7 @@ from application.identity import DEFAULT_PROJECT
 from application.store import require_existing_store
 from cli import commands, edges, render
 from cli.checks import check_arguments, command_of
+from cli.identity import add_identity_options as _add_identity_options
 from cli.identity import add_user_commands
 from domain.errors import ShelfError
 from domain.host import VIRT_TYPES
@@ -230,18 +231,26 @@ def _add_api_command(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     api.add_argument("--listen", default="127.0.0.1:8774", metavar="HOST:PORT",
                      help="address to listen on (127.0.0.1:8774)")
     api.add_argument("--auth", choices=("noauth", "standalone", "keystone"),
-                     default="noauth", help="how callers are identified (noauth: the "
-                     "token is user:project; development only, loopback only)")
+                     default="standalone", help="how callers are identified: standalone "
+                     "(default: `shelf user` accounts, Keystone v3 login at /identity/v3), "
+                     "keystone (an existing Keystone, --keystone-url), noauth (the token is "
+                     "user:project; development only, loopback only)")
     api.add_argument("--policy-file", type=Path, metavar="PATH",
                      help="a policy.yaml overriding Nova's default rules")
+    _add_identity_options(api)
     api.set_defaults(func=_api)
 
 
 def _api(ctx: Context, args: argparse.Namespace) -> int:
     from api.serving import ApiSettings, serve  # only `shelf api` loads the web stack
 
-    serve(ApiSettings(listen=args.listen, auth=args.auth, policy_file=args.policy_file,
-                      store_url=args.store))
+    serve(ApiSettings(
+        listen=args.listen, auth=args.auth, policy_file=args.policy_file,
+        store_url=args.store, token_keys=args.token_keys,
+        token_lifetime=args.token_lifetime, revocation_refresh=args.revocation_refresh,
+        keystone_url=args.keystone_url, keystone_cache=args.keystone_cache,
+        keystone_cafile=args.keystone_cafile, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        insecure_http=args.insecure_http))
     return 0
 
 

@@ -83,7 +83,8 @@ def start_api(store: str, tmp: Path, policy_file: Path | None = None) -> Api:
     port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     app = build_app(ApiSettings(listen=f"127.0.0.1:{port}", store_url=store,
-                                data_dir=tmp / "data", policy_file=policy_file))
+                                data_dir=tmp / "data", policy_file=policy_file,
+                                auth="noauth"))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -17,7 +17,8 @@ from domain.errors import UsageError
 @pytest.mark.parametrize("listen", ["0.0.0.0:8774", "192.0.2.1:8774", "example.org:80"])
 def test_noauth_refuses_to_listen_beyond_loopback(listen: str, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="only on loopback"):
-        build_app(ApiSettings(listen=listen, store_url=f"sqlite:///{tmp_path}/s.db"))
+        build_app(ApiSettings(listen=listen, store_url=f"sqlite:///{tmp_path}/s.db",
+                              auth="noauth"))
 
 
 def test_loopback_addresses() -> None:
@@ -34,7 +35,7 @@ def test_cli_refuses_what_is_not_there(tmp_path: Path,
                  "--memory-mb", "64", "--disk-gb", "1"]) == 0  # makes the store
     capsys.readouterr()
     assert main(["--store", store, "api", "--auth", "keystone"]) == 2
-    assert capsys.readouterr().err.strip() == "shelf: --auth keystone is not available yet"
+    assert capsys.readouterr().err.strip() == "shelf: --auth keystone needs --keystone-url URL"
     assert main(["--store", store, "api", "--listen", "nowhere"]) == 2
     assert "--listen must be HOST:PORT" in capsys.readouterr().err
     assert main(["--store", store, "api", "--listen", "0.0.0.0:8774"]) == 2

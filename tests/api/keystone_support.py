@@ -117,15 +117,16 @@ def keystone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keystone]:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = _configure(directory, venv, url)
-    server = subprocess.Popen(
-        [str(venv / "bin" / "gunicorn"), "--chdir", str(directory), "-b",
-         f"127.0.0.1:{port}", "-w", "2", "keystone_wsgi:application"],
-        env=env, stdout=subprocess.DEVNULL, stderr=open(directory / "gunicorn.log", "w"))
-    try:
-        yield Keystone(url, _admin_token(url))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with (directory / "gunicorn.log").open("w") as log:
+        server = subprocess.Popen(
+            [str(venv / "bin" / "gunicorn"), "--chdir", str(directory), "-b",
+             f"127.0.0.1:{port}", "-w", "2", "keystone_wsgi:application"],
+            env=env, stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            yield Keystone(url, _admin_token(url))
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
 
 
 def _admin_token(url: str) -> str:

@@ -23,8 +23,8 @@ from tests.api.identity_support import (
     PASSWORDS,
     all_text_of_the_store,
     login,
-    start_identity_api,
     standalone_clouds,
+    start_identity_api,
     stop_identity_api,
 )
 

@@ -161,3 +161,28 @@ def _password_body(name: str, password: str, project: str) -> dict[str, Any]:
     return {"auth": {"identity": {"methods": ["password"], "password": {"user": {
         "name": name, "domain": {"name": "Default"}, "password": password}}},
         "scope": {"project": {"name": project, "domain": {"name": "Default"}}}}}
+
+
+@pytest.mark.parametrize("body", [
+    b"{not json", b"[]", b'{"auth": {}}', b'{"auth": {"identity": {"methods": []}}}',
+    b'{"auth": {"identity": {"methods": ["totp"], "totp": {}}}}',
+    b'{"auth": {"identity": {"methods": ["password"], "password": {"user": {"name": 5}}}}}',
+    b'{"auth": {"identity": {"methods": ["password"], "password": {}}, "scope": "system"}}',
+])
+def test_malformed_logins_are_400_with_keystones_body(cloud: tuple[Any, Api],
+                                                      body: bytes) -> None:
+    _, api = cloud
+    answer = httpx.post(f"{api.url}/identity/v3/auth/tokens", content=body,
+                        headers={"Content-Type": "application/json"})
+    assert answer.status_code == 400
+    assert set(answer.json()["error"]) == {"code", "message", "title"}
+
+
+def test_a_stock_client_reads_the_identity_documents(cloud: tuple[Any, Api]) -> None:
+    _, api = cloud
+    version = httpx.get(f"{api.url}/identity/v3").json()["version"]
+    assert (version["id"], version["links"][0]["href"]) == (
+        "v3.14", f"{api.url}/identity/v3/")
+    assert httpx.get(f"{api.url}/identity").json()["versions"]["values"][0]["id"] == "v3.14"
+    shown = api.openstack_json("alice", "token", "issue")
+    assert (shown["project_id"], shown["user_id"]) != ("", "")

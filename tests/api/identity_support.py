@@ -163,3 +163,17 @@ def make_certificate(directory: Path) -> tuple[Path, Path, Path]:
                                            serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     return paths
+
+
+def recorded(h: Any, topic_end: str) -> list[dict[str, Any]]:
+    """The stored state of every event whose topic ends with `topic_end`."""
+    import json
+
+    from adapters.eventstore import open_application
+
+    app = open_application(parse_store_url(h.store))
+    try:
+        rows = app.recorder.select_notifications(start=1, limit=100_000)
+        return [json.loads(bytes(row.state)) for row in rows if row.topic.endswith(topic_end)]
+    finally:
+        app.close()

@@ -23,6 +23,7 @@ from tests.api.identity_support import (
     PASSWORDS,
     all_text_of_the_store,
     login,
+    recorded,
     standalone_clouds,
     start_identity_api,
     stop_identity_api,
@@ -130,9 +131,10 @@ def test_failed_logins_say_nothing_and_are_recorded(
     assert answer.json() == {"error": {
         "code": 401, "message": "The request you have made requires authentication.",
         "title": "Unauthorized"}}
-    failures = [json.loads(line) for line in all_text_of_the_store(h).splitlines()
-                if '"remote"' in line]
-    assert [(f["remote"], f["method"]) for f in failures] == [("127.0.0.1", "password")]
+    failures = recorded(h, ".LoginFailed")
+    assert [(f["name"], f["remote"], f["method"]) for f in failures] == [
+        (name, "127.0.0.1", "password")]
+    assert "at" in failures[0]
     assert password not in all_text_of_the_store(h)
 
 

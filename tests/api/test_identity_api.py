@@ -187,4 +187,11 @@ def test_a_stock_client_reads_the_identity_documents(cloud: tuple[Any, Api]) -> 
         "v3.14", f"{api.url}/identity/v3/")
     assert httpx.get(f"{api.url}/identity").json()["versions"]["values"][0]["id"] == "v3.14"
     shown = api.openstack_json("alice", "token", "issue")
-    assert (shown["project_id"], shown["user_id"]) != ("", "")
+    assert shown["project_id"] == "web"
+    by_credential = api.openstack_json("alice-credential", "token", "issue")
+    assert (by_credential["project_id"], by_credential["user_id"]) == (
+        "web", shown["user_id"])
+    images = f"{api.url}/image/v2/images"
+    assert httpx.get(images, headers={"X-Auth-Token": shown["id"]}).status_code == 200
+    api.openstack("alice", "token", "revoke", shown["id"])
+    assert httpx.get(images, headers={"X-Auth-Token": shown["id"]}).status_code == 401

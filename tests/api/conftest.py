@@ -85,15 +85,23 @@ def start_api(store: str, tmp: Path, policy_file: Path | None = None) -> Api:
     app = build_app(ApiSettings(listen=f"127.0.0.1:{port}", store_url=store,
                                 data_dir=tmp / "data", policy_file=policy_file,
                                 auth="noauth"))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    server, thread = serve_in_thread(app, sock)
+    (tmp / "clouds.yaml").write_text(clouds_yaml(url))
+    return Api(url, tmp, server, thread)
+
+
+def serve_in_thread(app: Any, sock: socket.socket,
+                    **config: Any) -> tuple[uvicorn.Server, threading.Thread]:
+    """uvicorn serving `app` on `sock` in a daemon thread, once it has started."""
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
+                                           **config))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.02)
     assert server.started
-    (tmp / "clouds.yaml").write_text(clouds_yaml(url))
-    return Api(url, tmp, server, thread)
+    return server, thread
 
 
 @pytest.fixture

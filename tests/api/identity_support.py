@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import socket
 import sqlite3
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
-import uvicorn
 
 from adapters.eventstore import parse_store_url
 from api.serving import ApiSettings, build_app
-from tests.api.conftest import Api
+from tests.api.conftest import Api, serve_in_thread
 
 PASSWORDS = {"alice": "alice-pass-1234", "bob": "bob-pass-5678", "root": "root-pass-9012"}
 PROJECTS = {"alice": "web", "bob": "other", "root": "admin"}
@@ -38,14 +35,7 @@ def start_identity_api(store: str, tmp: Path, auth: str, scheme: str = "http",
     if scheme == "https":
         config = {"ssl_certfile": str(settings["tls_cert"]),
                   "ssl_keyfile": str(settings["tls_key"])}
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
-                                           **config))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started
+    server, thread = serve_in_thread(app, sock, **config)
     return Api(f"{scheme}://127.0.0.1:{port}", tmp, server, thread)
 
 
@@ -177,3 +167,15 @@ def recorded(h: Any, topic_end: str) -> list[dict[str, Any]]:
         return [json.loads(bytes(row.state)) for row in rows if row.topic.endswith(topic_end)]
     finally:
         app.close()
+
+
+def boot_shelve_unshelve(api: Api, admin: str, user: str, unshelver: str | None = None) -> str:
+    """The real client: a flavor (as admin), a server booted, shelved and unshelved."""
+    api.openstack(admin, "flavor", "create", "--vcpus", "1", "--ram", "256", "--disk", "1",
+                  "m1.tiny")
+    created = api.openstack_json(user, "server", "create", "--flavor", "m1.tiny",
+                                 "--image", "cirros", "--wait", "web1")
+    api.openstack(user, "server", "shelve", "--wait", "web1")
+    api.openstack(unshelver or user, "server", "unshelve", "--wait", "web1")
+    server_id: str = created["id"]
+    return server_id

@@ -22,6 +22,7 @@ from tests.api.conftest import Api
 from tests.api.identity_support import (
     PASSWORDS,
     all_text_of_the_store,
+    boot_shelve_unshelve,
     login,
     recorded,
     standalone_clouds,
@@ -54,28 +55,23 @@ def cloud(harness_factory: Any, tmp_path: Path,
 def test_the_client_logs_in_and_events_carry_the_verified_user(
         cloud: tuple[Any, Api]) -> None:
     h, api = cloud
-    api.openstack("root", "flavor", "create", "--vcpus", "1", "--ram", "256", "--disk", "1",
-                  "m1.tiny")
-    created = api.openstack_json("alice", "server", "create", "--flavor", "m1.tiny",
-                                 "--image", "cirros", "--wait", "web1")
-    api.openstack("alice", "server", "shelve", "--wait", "web1")
-    api.openstack("alice-credential", "server", "unshelve", "--wait", "web1")
+    server_id = boot_shelve_unshelve(api, "root", "alice", unshelver="alice-credential")
     shown = api.openstack_json("alice-credential", "server", "show", "web1")
     assert (shown["status"], shown["project_id"]) == ("ACTIVE", "web")
-    recorded = h.ok("actions", created["id"], "--json").json()
+    recorded = h.ok("actions", server_id, "--json").json()
     assert {(a["action"], a["user"]) for a in recorded} == {
         ("create", "alice"), ("shelve", "alice"), ("unshelve", "alice")}
-    booted = h.ok("history", created["id"], "--json").json()[0]
+    booted = h.ok("history", server_id, "--json").json()[0]
     user_id = api.openstack_json("alice", "token", "issue")["user_id"]
     assert (booted["user"], booted["project_id"], booted["user_id"]) == (
         "alice", "web", user_id)
     assert {a["user"] for a in h.ok("audit", "--format", "json").json()} == {"alice"}
     # bob, of another project, can't see it
     assert api.openstack_json("bob", "server", "list") == []
-    missing = api.openstack("bob", "server", "show", created["id"], check=False)
+    missing = api.openstack("bob", "server", "show", server_id, check=False)
     assert missing.returncode != 0 and "No Server found" in missing.stderr
     token = login(api.url, "bob", "other")
-    answer = httpx.get(f"{api.url}/v2.1/servers/{created['id']}",
+    answer = httpx.get(f"{api.url}/v2.1/servers/{server_id}",
                        headers={"X-Auth-Token": token})
     assert answer.status_code == 404
 

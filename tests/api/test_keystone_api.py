@@ -15,7 +15,12 @@ import pytest
 
 from domain.process_manager import Settings
 from tests.api.conftest import Api
-from tests.api.identity_support import password_cloud, start_identity_api, stop_identity_api
+from tests.api.identity_support import (
+    boot_shelve_unshelve,
+    password_cloud,
+    start_identity_api,
+    stop_identity_api,
+)
 from tests.api.keystone_support import Keystone, keystone  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
@@ -55,13 +60,8 @@ def site(keystone: Keystone, harness_factory: Any,  # noqa: F811
 def test_the_client_through_keystone(site: tuple[Any, Api, dict[str, str]]) -> None:
     h, api, names = site
     assert [i["Name"] for i in api.openstack_json("member", "image", "list")] == ["cirros"]
-    api.openstack("admin", "flavor", "create", "--vcpus", "1", "--ram", "256", "--disk", "1",
-                  "m1.tiny")
-    created = api.openstack_json("member", "server", "create", "--flavor", "m1.tiny",
-                                 "--image", "cirros", "--wait", "web1")
-    api.openstack("member", "server", "shelve", "--wait", "web1")
-    api.openstack("member", "server", "unshelve", "--wait", "web1")
-    recorded = h.ok("actions", created["id"], "--json").json()
+    server_id = boot_shelve_unshelve(api, "admin", "member")
+    recorded = h.ok("actions", server_id, "--json").json()
     assert {a["user"] for a in recorded} == {names["member"]}
     # roles come from Keystone: a reader lists but can't act; another project sees nothing
     assert [s["Name"] for s in api.openstack_json("reader", "server", "list")] == ["web1"]

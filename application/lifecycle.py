@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from application import validation
 from application.bootstrap import Context
 from application.identity import Caller
 from domain import host_removal
@@ -45,6 +46,8 @@ def add_host(
     `virt_type` is kvm, qemu (TCG) or auto (see LibvirtHost._detect_virt_type)."""
     if virt_type not in VIRT_TYPES:
         raise UsageError(f"virt type must be one of {', '.join(VIRT_TYPES)}, not {virt_type}")
+    validation.name("host", name)
+    validation.libvirt_uri(uri)
     ctx.identify()
     vcpus, memory_mb, disk_gb = _capacity(ctx, name, uri, vcpus, memory_mb, disk_gb,
                                           connect_timeout)
@@ -96,6 +99,7 @@ def boot(
     sizes, or both (an explicit size wins over the flavor's, e.g. a volume's size over a
     flavor's disk 0). `host` None: the worker places it (the host with the most free
     memory); `image`: an image's name or id (None: a blank root disk)."""
+    _check_boot(name, vcpus, memory_mb, disk_gb, host, image, flavor)
     ctx.identify()
     image_id = None
     if image:
@@ -112,6 +116,19 @@ def boot(
         flavor=copy,
     )
     return Recorded(str(instance.id), request_id)
+
+
+def _check_boot(name: str, vcpus: int | None, memory_mb: int | None, disk_gb: int | None,
+                *references: str | None) -> None:
+    """The boundary's checks (application/validation.py), here as well as in the CLI, so
+    every entrypoint's boot is held to them before anything is recorded."""
+    validation.name("instance", name, "name")
+    for field, value in (("vcpus", vcpus), ("memory_mb", memory_mb), ("disk_gb", disk_gb)):
+        if value is not None:
+            validation.size(value, field)
+    for reference in references:
+        if reference is not None:
+            validation.reference(reference, "reference")
 
 
 def _sized(
@@ -142,6 +159,9 @@ def request(
         raise UsageError(f"no such action: {action}")
     if host is not None and action != "unshelve":
         raise UsageError(f"a host is chosen only by unshelve, not by {action}")
+    validation.reference(instance, "instance")
+    if host is not None:
+        validation.reference(host, "host")
     request_id = request_id or new_request_id()
     recorded = ctx.service.request(action, instance, caller.user_name, request_id, host,
                                    project)

@@ -12,7 +12,8 @@ from api import policy
 from api.deps import Call, CallDep
 from api.errors import ApiError, bad_request
 from api.routers.servers import authorize_on, find_server
-from application import lifecycle
+from application import lifecycle, queries
+from domain.errors import NotFound
 
 router = APIRouter(prefix="/v2.1", tags=["server actions"])
 
@@ -82,19 +83,10 @@ def console_output(call: Call, view: dict[str, Any], argument: Any) -> dict[str,
             raise bad_request("Invalid input for field/attribute length.") from None
         if length < -1:
             raise bad_request("Invalid input for field/attribute length.")
-    text = _console_text(call, view)
-    if text is None:
-        raise ApiError(404, "Guest does not have a console available.")
-    lines = text.splitlines()
+    try:
+        lines = queries.console_log(call.ctx, view["id"])
+    except NotFound:  # on no host, or not started yet: Nova answers the same
+        raise ApiError(404, "Guest does not have a console available.") from None
     if length is not None and length >= 0:
         lines = lines[-length:] if length else []
     return {"output": "\n".join(lines)}
-
-
-def _console_text(call: Call, view: dict[str, Any]) -> str | None:
-    """The console log if the application layer keeps one for this instance."""
-    reader = getattr(lifecycle, "console_output", None)
-    if reader is None:
-        return None
-    text: str | None = reader(call.ctx, view["id"])
-    return text

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "build-guest-image.sh"
-DEFAULT_CACHE = Path(os.environ.get("SHELF_GUEST_CACHE", "/var/tmp/shelf-guest-image"))
+DEFAULT_CACHE = Path(os.environ.get("SHELF_GUEST_CACHE", "/var/cache/shelf-tests/guest-image"))
 ROOT_OFFSET = (2048 + 32 * 2048) * 512  # the ext4 partition's first byte (see the script)
 BOOT_LINE = re.compile(r"^shelf-guest: boot (\d+)$", re.MULTILINE)
 BOUND_LINE = re.compile(r"^shelf-guest: bound (\S+)$", re.MULTILINE)

@@ -1,6 +1,8 @@
 """Nova's error bodies, `{"itemNotFound": {"code": 404, "message": …}}`, for every error the
 API answers, including the framework's own (an unknown path, a body that fails
-validation); anything unexpected is answered by the middleware (`computeFault`)."""
+validation), but 401, which a Nova behind keystonemiddleware answers in Keystone's
+`{"error": {"code", "title", "message"}}`; anything unexpected is answered by the
+middleware (`computeFault`)."""
 
 from __future__ import annotations
 
@@ -53,6 +55,8 @@ def unauthorized() -> ApiError:
 
 def fault_body(status: int, message: str) -> dict[str, Any]:
     status = 400 if status == 422 else status
+    if status == 401:  # in front of Nova, keystonemiddleware answers in Keystone's shape
+        return {"error": {"code": 401, "title": "Unauthorized", "message": message}}
     return {FAULT_NAMES.get(status, "computeFault"): {"code": status, "message": message}}
 
 

@@ -64,7 +64,7 @@ def api_process(store: str) -> Iterator[str]:
     url = f"http://127.0.0.1:{_free_port()}"
     data = tempfile.TemporaryDirectory(prefix="shelf-bench-api-", dir="/var/tmp")
     api = subprocess.Popen([sys.executable, "-m", "cli.main", "--store", store, "api",
-                            "--listen", url.removeprefix("http://")],
+                            "--listen", url.removeprefix("http://"), "--auth", "noauth"],
                            env={**os.environ, "SHELF_DATA_DIR": data.name})
     try:
         deadline = time.monotonic() + 60

@@ -37,7 +37,7 @@ def show_api_request(store: str) -> None:
     listen = url.removeprefix("http://")
     print(f"$ shelf api --listen {listen} --auth noauth &", flush=True)
     api = subprocess.Popen([sys.executable, "-m", "cli.main", "--store", store, "api",
-                            "--listen", listen])
+                            "--listen", listen, "--auth", "noauth"])
     try:
         _wait_until_up(url, api)
         print(f"GET {url}/v2.1/servers/detail?all_tenants=1 (httpx, as the openstack "

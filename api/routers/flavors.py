@@ -16,15 +16,21 @@ from domain.errors import NotFound
 
 router = APIRouter(prefix="/v2.1", tags=["flavors"])
 
+# Nova's flavor schema: an id is one path segment (no '/'), a name has no control
+# characters and no surrounding whitespace; otherwise no URL could show or delete it.
+# (Written without look-arounds, which pydantic's regex engine lacks.)
+FLAVOR_ID = r"^[a-zA-Z0-9._-]([a-zA-Z0-9. _-]*[a-zA-Z0-9._-])?$"
+FLAVOR_NAME = r"^[^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$"
+
 
 class NewFlavor(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
-    name: str = Field(min_length=1, max_length=255)
+    name: str = Field(min_length=1, max_length=255, pattern=FLAVOR_NAME)
     vcpus: int = Field(ge=1, le=2**31 - 1)
     ram: int = Field(ge=1, le=2**31 - 1)
     disk: int = Field(ge=0, le=2**31 - 1)
-    id: str | None = Field(default=None, min_length=1, max_length=255)
+    id: str | None = Field(default=None, min_length=1, max_length=255, pattern=FLAVOR_ID)
     description: str | None = Field(default=None, max_length=65535)
     ephemeral: int = Field(default=0, ge=0, le=2**31 - 1,
                            alias="OS-FLV-EXT-DATA:ephemeral")
@@ -74,17 +80,17 @@ def _listed(call: Call, limit: int | None, marker: str | None) -> list[dict[str,
         if marker not in ids:
             raise not_found(f"Marker {marker} could not be found.")
         found = found[ids.index(marker) + 1:]
-    return found[:limit] if limit is not None and limit >= 0 else found
+    return found[:limit] if limit is not None else found
 
 
 @router.get("/flavors")
-def list_flavors(call: CallDep, limit: int | None = Query(None),
+def list_flavors(call: CallDep, limit: int | None = Query(None, ge=0),
                  marker: str | None = Query(None)) -> dict[str, Any]:
     return {"flavors": [flavor_summary(call, f) for f in _listed(call, limit, marker)]}
 
 
 @router.get("/flavors/detail")
-def list_flavors_detail(call: CallDep, limit: int | None = Query(None),
+def list_flavors_detail(call: CallDep, limit: int | None = Query(None, ge=0),
                         marker: str | None = Query(None),
                         is_public: str | None = Query(None)) -> dict[str, Any]:
     return {"flavors": [flavor_detail(call, f) for f in _listed(call, limit, marker)]}

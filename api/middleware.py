@@ -3,7 +3,8 @@
 `x-openstack-request-id: req-<uuid>` is made here, once, and is the request id the
 application layer records with the action and its events, so `openstack server event
 list` and `shelf actions` agree. The microversion is read from either header and echoed in
-both, with `Vary`, as Nova does. Pure ASGI (no per-request task as BaseHTTPMiddleware has).
+both, with `Vary`, as Nova does. A body over Nova's `max_request_body_size` (112 KiB) is
+413 before it is read whole. Pure ASGI (no per-request task as BaseHTTPMiddleware has).
 """
 
 from __future__ import annotations
@@ -18,6 +19,38 @@ from domain.service import new_request_id
 
 COMPUTE_PREFIX = "/v2.1"
 VARY = "OpenStack-API-Version, X-OpenStack-Nova-API-Version"
+MAX_BODY = 114_688  # Nova's [oslo_middleware] max_request_body_size
+TOO_LARGE = "Request is too large."
+
+
+class BodyTooLarge(Exception):
+    """More than MAX_BODY bytes arrived (a chunked body, or a lying Content-Length)."""
+
+
+def _declared_length(scope: Scope) -> int:
+    for key, value in scope["headers"]:
+        if key.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return 0  # the server refuses a malformed length itself
+    return 0
+
+
+class _BoundedBody:
+    """`receive` that stops a body at MAX_BODY; `exceeded` tells the answer to become 413
+    (the framework may turn the exception into its own 400 for an unreadable body)."""
+
+    def __init__(self, receive: Receive) -> None:
+        self.receive, self.received, self.exceeded = receive, 0, False
+
+    async def __call__(self) -> Message:
+        message = await self.receive()
+        self.received += len(message.get("body", b""))
+        if self.received > MAX_BODY:
+            self.exceeded = True
+            raise BodyTooLarge
+        return message
 
 
 def request_id_of(scope: Scope) -> str:
@@ -62,18 +95,30 @@ class RequestContextMiddleware:
             ]
         else:
             state["microversion"] = microversion.Microversion(*microversion.MIN_VERSION)
+        if _declared_length(scope) > MAX_BODY:
+            await _refuse(send, 413, TOO_LARGE, extra)
+            return
 
         started = False
+        body = _BoundedBody(receive)
 
         async def send_with_headers(message: Message) -> None:
             nonlocal started
+            if body.exceeded:  # whatever the app answered, it is 413
+                if not started:
+                    started = True
+                    await _refuse(send, 413, TOO_LARGE, extra)
+                return
             if message["type"] == "http.response.start":
                 started = True
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_headers)
+            await self.app(scope, body, send_with_headers)
+        except BodyTooLarge:
+            if not started:
+                await _refuse(send, 413, TOO_LARGE, extra)
         except Exception as error:  # a bug: Nova's 500 body, never a traceback or a reset
             log.error("api.unexpected_error", path=scope["path"], error=repr(error),
                       request_id=request_id)

@@ -49,3 +49,24 @@ def test_console_output_is_the_hosts_console_log(cloud: tuple[Any, Api],
         whole = alice.post(f"/v2.1/servers/{server_id}/action",
                            json={"os-getConsoleOutput": {}})
         assert whole.json()["output"].startswith("shelf-guest: boot 1\n")
+
+
+def test_a_body_over_novas_limit_is_413_before_it_is_read(cloud: tuple[Any, Api]) -> None:
+    h, api = cloud
+    before = _server_count(h)
+    huge = {"server": {"name": "big", "flavorRef": "1", "metadata": {"k": "x" * 200_000}}}
+    with api.client() as alice:
+        answer = alice.post("/v2.1/servers", json=huge)
+        assert answer.status_code == 413
+        assert answer.json() == {"overLimit": {"code": 413, "message": "Request is too large."}}
+
+        def chunks() -> Any:  # no Content-Length: counted as it arrives
+            yield b'{"server": {"name": "big", "metadata": {"k": "'
+            for _ in range(30):
+                yield b"x" * 8192
+            yield b'"}}}'
+
+        chunked = alice.post("/v2.1/servers", content=chunks(),
+                             headers={"Content-Type": "application/json"})
+        assert chunked.status_code == 413
+    assert _server_count(h) == before

@@ -20,7 +20,7 @@ from tests.api.conftest import Api, start_api
 EXAMPLES = 150  # per operation and generation mode: 300 requests per operation, as an
 # admin or a member at random
 NOVA_FAULTS = {"badRequest", "error", "forbidden", "itemNotFound", "badMethod",
-               "notAcceptable", "conflictingRequest", "badMediaType"}
+               "notAcceptable", "conflictingRequest", "badMediaType", "overLimit"}
 
 
 @pytest.fixture

@@ -7,8 +7,10 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -169,6 +171,26 @@ def test_import_keeps_a_file_of_nothing_sparse(store: DirectoryImageStore, tmp_p
     assert store.path_for(info.id).read_bytes() == source.read_bytes()
 
 
+@contextmanager
+def _copy_end(fifo: Path) -> Iterator[BinaryIO]:
+    """The FIFO's writing end once the copy reads it, with a first block written. An open
+    made while the first-byte check's reader is still closing pairs with that reader and
+    breaks when it goes: then open again (the next open waits for the copy's reader)."""
+    for _ in range(100):
+        end = fifo.open("wb")
+        try:
+            end.write(b"x" * 4096)
+            end.flush()
+        except BrokenPipeError:
+            with suppress(BrokenPipeError):
+                end.close()
+            continue
+        with end:
+            yield end
+        return
+    raise AssertionError("the copy never opened the FIFO")
+
+
 def test_an_import_in_progress_is_neither_an_image_nor_a_partial(
     store: DirectoryImageStore, tmp_path: Path
 ) -> None:
@@ -179,9 +201,7 @@ def test_an_import_in_progress_is_neither_an_image_nor_a_partial(
     importer.start()
     with source.open("wb") as probe_end:  # the first-byte check reads one byte and closes
         probe_end.write(b"x")
-    with source.open("wb") as copy_end:
-        copy_end.write(b"x" * 4096)
-        copy_end.flush()
+    with _copy_end(source):
         assert _wait_for(lambda: any(store.root.iterdir()))
         names = [path.name for path in store.root.iterdir()]
         assert all(name.startswith(".") and name.endswith(".importing") for name in names)

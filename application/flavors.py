@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from application import validation
 from application.bootstrap import Context
 from application.identity import Caller
 from domain import flavor as flavors
@@ -18,6 +19,9 @@ def create_flavor(
 ) -> dict[str, Any]:
     """Record a flavor; its fields (`flavor_view`). `flavor_id` None: a UUID derived from
     the name. Conflict when a live flavor has the name or the id."""
+    validation.flavor_name(name, "name")
+    if flavor_id is not None:
+        validation.flavor_id(flavor_id, "id")
     created = flavors.create_flavor(
         ctx.repo, name=name, vcpus=vcpus, memory_mb=memory_mb, disk_gb=disk_gb,
         user=caller.user_name, request_id=new_request_id(), flavor_id=flavor_id,

@@ -8,9 +8,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from application import validation
 from application.bootstrap import Context
 from application.identity import Caller
-from domain.errors import UsageError
 from domain.instance import Instance
 from domain.ownership import FOREIGN
 from domain.reconcile import Difference, fix_leaks, reconcile
@@ -33,8 +33,7 @@ def rebuild_projections(
     ctx: Context, names: list[str], jobs: int, progress: Progress | None = None,
 ) -> Rebuilt:
     """Empty the named projections (all when none) and replay them from the store."""
-    if jobs < 1:
-        raise UsageError(f"--jobs must be 1 or more, not {jobs}")
+    validation.whole_number(jobs, "--jobs", validation.JOBS)
     started = time.monotonic()
     events = ctx.projector.rebuild(names, progress=progress, jobs=jobs)
     return Rebuilt(events, time.monotonic() - started)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapters.consoles import console_log_path, last_lines
+from application import validation
 from application.bootstrap import Context
 from application.flavors import flavor_view
 from domain.errors import NotFound, UsageError
@@ -32,8 +33,7 @@ def list_instances(ctx: Context, wanted: InstanceFilter | None = None) -> list[d
     `wanted.name`: a regular expression found in the name (Nova's `?name=`), UsageError
     when unreadable. A `marker` that is no instance of the list's project is NotFound."""
     wanted = wanted or InstanceFilter()
-    if wanted.limit < 0:
-        raise UsageError(f"a limit must be 0 (no limit) or more, not {wanted.limit}")
+    validation.whole_number(wanted.limit, "limit", validation.LIST_LIMIT)
     if wanted.name is not None:
         try:
             re.compile(wanted.name)
@@ -127,8 +127,7 @@ class AuditQuery:
 def audit(ctx: Context, query: AuditQuery) -> list[dict[str, Any]]:
     """One page of actions across the fleet, oldest first; the next page starts after the
     last one's `position`."""
-    if query.limit < 0:
-        raise UsageError(f"--limit must be 0 (no limit) or more, not {query.limit}")
+    validation.whole_number(query.limit, "--limit", validation.AUDIT_LIMIT)
     instance_id = (str(resolve_instance(ctx.repo, query.instance, query.project).id)
                    if query.instance else None)
     wanted = read.AuditFilter(

@@ -35,6 +35,7 @@ WAIT_SECONDS = (0.0, 7 * 86400.0)  # --timeout
 THREADS = (1, 256)  # serve --threads
 JOBS = (1, 64)  # projections rebuild --jobs
 AUDIT_LIMIT = (0, 1_000_000)  # audit --limit (0 = all)
+LIST_LIMIT = (0, 2**63 - 1)  # a list's limit (0 = all; the API caps it by its own rule)
 POSITION = (0, MAX_POSITION)  # audit --after
 SHUTDOWN_SECONDS = (0.0, 86400.0)  # serve --shutdown-timeout
 RETRY_SECONDS = (0.1, 3600.0)  # serve --shutdown-retry-interval
@@ -91,6 +92,29 @@ def name(kind: str, value: Any, field: str | None = None) -> str:
         raise ValidationError(field, "an instance name can't be a UUID "
                                      "(it would shadow instance ids)")
     return str(value)
+
+
+# Nova's flavor schema: an id is one URL path segment (no '/'), a name has no control
+# characters and no surrounding blanks; otherwise no URL could show or delete the flavor.
+_FLAVOR_ID = re.compile(r"[a-zA-Z0-9._-]([a-zA-Z0-9. _-]*[a-zA-Z0-9._-])?")
+FLAVOR_ID_RULE = "letters, digits, '.', '_', '-' and inner spaces"
+
+
+def flavor_name(value: Any, field: str = "flavor name") -> str:
+    """A new flavor's name: Nova's (any text without control characters or surrounding
+    blanks), not the instance-name grammar: Nova's clients make names like 'm1.small'."""
+    text = _text(value, field, TEXT_MAX)
+    if text != text.strip():
+        raise ValidationError(field, f"{field} {_shown(text)} starts or ends with a blank")
+    return text
+
+
+def flavor_id(value: Any, field: str = "flavor id") -> str:
+    """A new flavor's id: one URL path segment, as Nova's schema has it."""
+    text = _text(value, field, TEXT_MAX)
+    if not _FLAVOR_ID.fullmatch(text):
+        raise ValidationError(field, f"bad {field} {_shown(text)}: use {FLAVOR_ID_RULE}")
+    return text
 
 
 def reference(value: Any, field: str) -> str:

@@ -17,7 +17,7 @@ from domain.limits import MAX_SIZE
 
 # Commands that create what they name; every other NAME refers to something that exists.
 NAMES_MADE_BY = {("host", "add"): "host", ("boot", None): "instance",
-                 ("image", "import"): "image"}
+                 ("image", "import"): "image", ("flavor", "create"): "flavor"}
 
 
 def _option(dest: str) -> str:
@@ -46,7 +46,7 @@ CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "shutdown_retry_interval": lambda value, field: v.seconds(value, field, v.RETRY_SECONDS),
     "shelved_offload_time": lambda value, field: v.seconds(value, field, v.OFFLOAD_SECONDS,
                                                            also=(-1,)),
-    "as_of": v.moment,
+    "as_of": v.moment, "id": v.flavor_id,
     "token_lifetime": lambda value, field: v.seconds(value, field, v.TOKEN_LIFETIME_SECONDS),
 }
 POSITIONAL = {"instance": "INSTANCE", "name": "NAME"}
@@ -60,7 +60,9 @@ def check_arguments(args: argparse.Namespace) -> None:
     _check_environment(values)
     kind = NAMES_MADE_BY.get(command_of(args))
     if values.get("name") is not None:
-        if kind is not None:
+        if kind == "flavor":  # Nova's grammar, not the instance names'
+            v.flavor_name(values["name"], "flavor name")
+        elif kind is not None:
             v.name(kind, values["name"], f"{kind} name")
         else:
             v.reference(values["name"], "NAME")

@@ -16,7 +16,7 @@ from domain.errors import Conflict, NoRoom
 
 NAME_NAMESPACE = uuid.UUID("5d7d3f0a-2c4e-4c8b-8f5e-0e9d8c7b6a51")
 
-# The shelf network every host defines (see adapters/libvirt_host.py).
+# The shelf network every host defines (see adapters/libvirt_dhcp.py).
 NETWORK = ipaddress.ip_network("10.213.0.0/16")
 GATEWAY = ipaddress.ip_address("10.213.0.1")
 

@@ -19,6 +19,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 
 import libvirt
 
+from adapters.disk_files import DiskFileError
 from adapters.libvirt_connection import ConnectionBounds, is_unreachable, open_connection
 from adapters.libvirt_xml import domain_name
 from adapters.logs import get_logger
@@ -72,7 +73,7 @@ def operation(
         def run(self: HostT, /, *args: P.args, **kwargs: P.kwargs) -> R:
             try:
                 return self._run_twice(functools.partial(method, self, *args, **kwargs))
-            except (libvirt.libvirtError, OSError, Refusal) as exc:
+            except (libvirt.libvirtError, OSError, Refusal, DiskFileError) as exc:
                 step = what.format(**signature.bind(self, *args, **kwargs).arguments)
                 error = error_class(exc)
                 raise error(f"host {self.name}: {step}: {one_line(exc)}") from exc

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from adapters.disk_files import COPY
 from adapters.host_connection import operation
 from adapters.libvirt_connection import ConnectionBounds
 from adapters.libvirt_dhcp import DhcpMixin
@@ -30,15 +31,18 @@ class LibvirtHost(DomainsMixin, DhcpMixin):
         self, name: str, uri: str, data_dir: Path, bounds: ConnectionBounds | None = None,
         virt_type: str = "auto",
         mark: StoreMark | None = None,
+        storage: str = COPY,
     ) -> None:
         self._auto_virt_type = virt_type == "auto"
         self._virt_type = None if self._auto_virt_type else virt_type
         super().__init__(name, uri, data_dir, bounds, mark)
-        self.storage = self._storage()
+        self.storage = self._storage(storage)
         self.disks_dir, self.disks_pool_name = self.storage.disks_dir, self.storage.pool_name
 
-    def _storage(self) -> PoolStorage:
-        return PoolStorage(self)
+    def _storage(self, strategy: str) -> PoolStorage:
+        """The host's disks, copied, linked or cloned as `strategy` (the one recorded when
+        the host was added: reflink, link or copy) says."""
+        return PoolStorage(self, strategy)
 
     # --- first use: the disks pool and the network ----------------------------------------
 
@@ -62,6 +66,9 @@ class LibvirtHost(DomainsMixin, DhcpMixin):
 
     def root_disk_path(self, instance_id: str) -> Path:
         return self.storage.disk_path(instance_id)
+
+    def before_start(self, instance_id: str) -> None:
+        self.storage.before_start(instance_id)
 
     @operation("list disks")
     def disks(self) -> list[str]:

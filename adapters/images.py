@@ -52,7 +52,7 @@ def bytes_on_disk(path: Path) -> int:
     return path.stat().st_blocks * 512
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -67,7 +67,7 @@ def _write_atomically(path: Path, text: str) -> None:
         file.flush()
         os.fsync(file.fileno())
     os.replace(tmp, path)
-    _fsync_path(path.parent)  # make the rename itself durable
+    fsync_path(path.parent)  # make the rename itself durable
 
 
 class DirectoryImageStore:
@@ -92,7 +92,7 @@ class DirectoryImageStore:
         path = self.path_for(image_id)
         if not path.is_file():
             raise ImageNotFound(f"image {image_id}: no file {path} to commit")
-        _fsync_path(path)  # the data must be durable before the sidecar says it is complete
+        fsync_path(path)  # the data must be durable before the sidecar says it is complete
         info = _describe(image_id, name, instance_id, path, self.store_id)
         _write_atomically(self._sidecar(image_id), json.dumps(dataclasses.asdict(info)))
         log.info("image committed", image_id=image_id, name=name, size=info.size)
@@ -138,7 +138,7 @@ class DirectoryImageStore:
         importing = final.with_name(f".{final.name}{IMPORTING_SUFFIX}")
         try:
             _copy_sparse(src, importing)
-            _fsync_path(importing)
+            fsync_path(importing)
             os.replace(importing, final)
         finally:
             importing.unlink(missing_ok=True)

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from adapters.disk_files import COPY, detect_strategy
 from adapters.host_connection import UnknownHost
 from adapters.host_driver import LibvirtHost
 from adapters.libvirt_connection import ConnectionBounds
@@ -22,21 +23,42 @@ from domain.ports import HostDriver
 from domain.store_identity import StoreMark
 
 __all__ = [
-    "LibvirtHost", "LibvirtHosts", "TestDriverHost", "UnknownHost", "disks_pool_for",
-    "open_host",
+    "LibvirtHost", "LibvirtHosts", "TestDriverHost", "UnknownHost", "choose_storage",
+    "disks_pool_for", "open_host",
 ]
+
+
+def is_test_driver(uri: str) -> bool:
+    """libvirt's test driver: `test:///…`, also served by a daemon (`test+tcp://…`)."""
+    return uri.split(":", 1)[0].split("+", 1)[0] == "test"
 
 
 def open_host(
     name: str, uri: str, data_dir: Path, bounds: ConnectionBounds | None = None,
     virt_type: str = "auto",
     mark: StoreMark | None = None,
+    storage: str = COPY,
 ) -> LibvirtHost:
     """The driver for a host: the test driver's for `test://…` URIs (also served by a
-    daemon, `test+tcp://…`), else real libvirt's."""
-    if uri.split(":", 1)[0].split("+", 1)[0] == "test":
+    daemon, `test+tcp://…`), else real libvirt's, with the storage strategy recorded for
+    it (see `choose_storage`)."""
+    if is_test_driver(uri):
         return TestDriverHost(name, uri, data_dir, bounds, mark=mark)
-    return LibvirtHost(name, uri, data_dir, bounds, virt_type, mark)
+    return LibvirtHost(name, uri, data_dir, bounds, virt_type, mark, storage)
+
+
+def choose_storage(
+    name: str, uri: str, data_dir: Path, mark: StoreMark | None, images_dir: Path, mode: str,
+) -> str:
+    """The storage strategy for a host being added: prepares its disks directory (the
+    image store's exists) and tries them (`disk_files.detect_strategy`); `copy` when
+    `mode` is copy, and for the test driver, which has no disk files to link or clone."""
+    if mode == COPY or is_test_driver(uri):
+        return COPY
+    disks_dir, _pool = disks_pool_for(name, data_dir, mark)
+    disks_dir.mkdir(parents=True, exist_ok=True)
+    images_dir.mkdir(parents=True, exist_ok=True)
+    return detect_strategy(disks_dir, images_dir)
 
 
 class LibvirtHosts:
@@ -47,9 +69,11 @@ class LibvirtHosts:
         bounds: ConnectionBounds | None = None,
         lookup_virt_type: Callable[[str], str] | None = None,
         mark: Callable[[], StoreMark | None] = lambda: None,
+        lookup_storage: Callable[[str], str] | None = None,
     ) -> None:
         self._lookup_uri = lookup_uri  # raises KeyError for an unknown host
         self._lookup_virt_type = lookup_virt_type or (lambda _host: "auto")
+        self._lookup_storage = lookup_storage or (lambda _host: COPY)
         self._data_dir = data_dir
         self._bounds = bounds or ConnectionBounds.from_env()
         self._mark = mark  # read when a host is first used: the store's identity by then
@@ -73,9 +97,9 @@ class LibvirtHosts:
                     uri = self._lookup_uri(host)
                 except KeyError as exc:
                     raise UnknownHost(f"unknown host {host}") from exc
-                virt_type = self._lookup_virt_type(host)
-                driver = open_host(host, uri, self._data_dir, self._bounds, virt_type,
-                                   self._mark())
+                driver = open_host(host, uri, self._data_dir, self._bounds,
+                                   self._lookup_virt_type(host), self._mark(),
+                                   self._lookup_storage(host))
                 with self._lock:
                     self._drivers[host] = driver
             return driver

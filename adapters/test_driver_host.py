@@ -5,7 +5,7 @@ Its state lives only in its connection, and its volumes are bookkeeping with no 
 bookkeeping volume of the right capacity; `export_disk` writes a sparse raw file of the
 disk's capacity (the disk holds nothing but zeros) and returns that apparent size (a real
 export returns the bytes allocated on disk); `create_volume` writes a sparse raw file of
-the volume's size.
+the volume's size. Its storage strategy is always `copy`: nothing is linked or cloned.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import libvirt
 
+from adapters.disk_files import COPY
 from adapters.host_driver import LibvirtHost
 from adapters.libvirt_connection import ConnectionBounds
 from adapters.libvirt_storage import PoolStorage
@@ -25,6 +26,9 @@ class TestDriverStorage(PoolStorage):
     """The test driver's disks: bookkeeping volumes, and honest files where one is asked."""
 
     __test__ = False
+
+    def _own_file(self, disk: libvirt.virStorageVol) -> None:
+        """A bookkeeping volume has no file to share with a snapshot."""
 
     def _copy_image(
         self, image_path: Path, pool: libvirt.virStoragePool, name: str, capacity: int
@@ -61,8 +65,10 @@ class TestDriverHost(LibvirtHost):
         self.guests_ignore_shutdown = guests_ignore_shutdown
         super().__init__(name, uri, data_dir, bounds, mark=mark)
 
-    def _storage(self) -> PoolStorage:
-        return TestDriverStorage(self)
+    def _storage(self, strategy: str) -> PoolStorage:
+        # Whatever was asked: an export here writes a file of its own, a spawn makes a
+        # bookkeeping volume; nothing is linked or cloned, so the strategy is honestly copy.
+        return TestDriverStorage(self, COPY)
 
     def _can_reconnect(self) -> bool:
         return False  # a new connection would be a fresh, empty test host

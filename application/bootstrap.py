@@ -122,7 +122,8 @@ class Context:
 
             bounds = ConnectionBounds.from_env(connect_timeout=self.connect_timeout)
             self._hosts = LibvirtHosts(self.host_uri, self.data_dir, bounds,
-                                       self.host_virt_type, lambda: self.__dict__.get("mark"))
+                                       self.host_virt_type, lambda: self.__dict__.get("mark"),
+                                       self.host_storage)
         return self._hosts
 
     def host_uri(self, name: str) -> str:
@@ -134,6 +135,10 @@ class Context:
 
     def host_virt_type(self, name: str) -> str:
         return str(getattr(resolve_host(self.repo, name), "virt_type", "auto"))
+
+    def host_storage(self, name: str) -> str:
+        """The storage strategy recorded when the host was added (copy: before it was)."""
+        return str(getattr(resolve_host(self.repo, name), "storage", "copy"))
 
     def process_manager(
         self, settings: Settings, failpoints: Failpoints | None = None,

@@ -17,7 +17,7 @@ from application.identity import Caller
 from domain import host_removal
 from domain.errors import NotFound, ShelfError, UsageError
 from domain.flavor import resolve_flavor
-from domain.host import VIRT_TYPES
+from domain.host import STORAGE_MODES, VIRT_TYPES
 from domain.ports import HypervisorError
 from domain.service import new_request_id
 from projections.audit import event_record
@@ -39,21 +39,36 @@ class Recorded:
 def add_host(
     ctx: Context, caller: Caller, name: str, uri: str, vcpus: int | None = None,
     memory_mb: int | None = None, disk_gb: int | None = None,
-    connect_timeout: float | None = None, virt_type: str = "auto",
+    connect_timeout: float | None = None, virt_type: str = "auto", storage: str = "auto",
 ) -> dict[str, Any]:
     """Register a libvirt host (or a removed one's name again); a capacity not given is
     what libvirt reports, asked within `connect_timeout` (None: the environment's).
-    `virt_type` is kvm, qemu (TCG) or auto (see LibvirtHost._detect_virt_type)."""
+    `virt_type` is kvm, qemu (TCG) or auto (see LibvirtHost._detect_virt_type); `storage`
+    auto records the best strategy the host's disks directory and the image store allow
+    (reflink, link or copy: adapters/disk_files.py), copy forces the copy."""
     if virt_type not in VIRT_TYPES:
         raise UsageError(f"virt type must be one of {', '.join(VIRT_TYPES)}, not {virt_type}")
+    if storage not in STORAGE_MODES:
+        raise UsageError(f"storage must be one of {', '.join(STORAGE_MODES)}, not {storage}")
     validation.name("host", name)
     validation.libvirt_uri(uri)
     ctx.identify()
     vcpus, memory_mb, disk_gb = _capacity(ctx, name, uri, vcpus, memory_mb, disk_gb,
                                           connect_timeout)
+    strategy = _storage(ctx, name, uri, storage)
     host = ctx.service.add_host(name, uri, vcpus, memory_mb, disk_gb, caller.user_name,
-                                new_request_id(), virt_type=virt_type)
+                                new_request_id(), virt_type=virt_type, storage=strategy)
     return host_view(host)
+
+
+def _storage(ctx: Context, name: str, uri: str, mode: str) -> str:
+    from adapters.libvirt_host import choose_storage  # libvirt loads only when needed
+
+    try:
+        return choose_storage(name, uri, ctx.data_dir, ctx.identify(), ctx.images.root, mode)
+    except OSError as error:  # e.g. a data directory it may not write: one line
+        raise ShelfError(f"host {name}: prepare its disks directory: "
+                         f"{error.strerror or error}: {error.filename}") from None
 
 
 def _capacity(

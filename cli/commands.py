@@ -22,7 +22,7 @@ from cli import render
 
 INSTANCE_COLUMNS = ("id", "name", "project_id", "status", "task_state", "power_state", "host")
 HOST_COLUMNS = ("name", "uri", "vcpus", "vcpus_used", "memory_mb", "memory_mb_used",
-                "disk_gb", "disk_gb_used", "instances", "statuses")
+                "disk_gb", "disk_gb_used", "storage", "instances", "statuses")
 AUDIT_COLUMNS = ("position", "start_time", "action", "instance_name", "project_id", "host",
                  "user", "result", "finish_time", "request_id", "message")
 IMAGE_COLUMNS = ("id", "name", "format", "virtual_size", "size", "created_at", "store_id")
@@ -62,7 +62,7 @@ def _wait(ctx: Context, recorded: lifecycle.Recorded, args: argparse.Namespace) 
 def host_add(ctx: Context, args: argparse.Namespace) -> int:
     host = lifecycle.add_host(ctx, caller(args), args.name, args.uri, args.vcpus,
                               args.memory_mb, args.disk_gb, args.connect_timeout,
-                              virt_type=args.virt_type)
+                              virt_type=args.virt_type, storage=args.storage)
     print(host["name"])
     return 0
 

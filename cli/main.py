@@ -24,7 +24,7 @@ from cli.checks import check_arguments, command_of
 from cli.identity import add_identity_options as _add_identity_options
 from cli.identity import add_user_commands
 from domain.errors import ShelfError
-from domain.host import VIRT_TYPES
+from domain.host import STORAGE_MODES, VIRT_TYPES
 
 Command = Callable[[Context, argparse.Namespace], int]
 INSTANCE_ACTIONS = {
@@ -67,6 +67,10 @@ def _add_host_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     add.add_argument("--virt-type", choices=VIRT_TYPES, default="auto",
                      help="kvm, qemu (TCG), or auto: kvm if libvirt offers it and the host "
                      "CPU has vmx/svm, else qemu (default)")
+    add.add_argument("--storage", choices=STORAGE_MODES, default="auto",
+                     help="auto: clone (reflink) or hard-link disks to and from the image "
+                     "store where the filesystems allow it, else copy (default); copy: "
+                     "always copy")
     add.set_defaults(func=commands.host_add)
     add.add_argument("--connect-timeout", type=float, metavar="S",
                      help="seconds to wait for the host to answer (default "

@@ -18,6 +18,12 @@ from domain.errors import Conflict, NoRoom
 # (chosen by the host's driver when first used).
 VIRT_TYPES = ("auto", "kvm", "qemu")
 
+# How a host's disks reach the image store and back (README, "Where to put the data
+# directory"): `host add --storage auto` records the best its filesystems allow, `copy`
+# forces the copy. Hosts added before the strategy was kept read as copy.
+STORAGE_MODES = ("auto", "copy")
+STORAGE_STRATEGIES = ("reflink", "link", "copy")
+
 HOST_NAMESPACE = uuid.UUID("0b8e4c3e-3a0f-4c1e-9b3e-6a3e2f1d7c42")
 
 
@@ -31,6 +37,7 @@ class Host(Aggregate):
     its name may be added again later (`HostAddedAgain`: same aggregate, fresh capacity)."""
 
     removed = False  # a class default: snapshots taken before removal existed lack it
+    storage = "copy"  # and those taken before the storage strategy was kept lack it
 
     @staticmethod
     def create_id(name: str, **_: Any) -> uuid.UUID:
@@ -39,13 +46,15 @@ class Host(Aggregate):
     @event("HostAdded")
     def __init__(
         self, name: str, uri: str, vcpus: int, memory_mb: int, disk_gb: int,
-        user: str, request_id: str, virt_type: str = "auto",
+        user: str, request_id: str, virt_type: str = "auto", storage: str = "copy",
     ) -> None:
         self.name, self.uri = name, uri
         self.removed = False
         # kvm, qemu (TCG) or auto (chosen when the host is first used); hosts added before
         # it was kept are auto.
         self.virt_type = virt_type
+        # reflink, link or copy: chosen when the host was added (STORAGE_STRATEGIES).
+        self.storage = storage
         self.vcpus, self.memory_mb, self.disk_gb = vcpus, memory_mb, disk_gb
         self.claims: dict[str, dict[str, int]] = {}
         # The sum of the claims, kept as they come and go: a host with thousands of
@@ -112,21 +121,22 @@ class Host(Aggregate):
 
     def add_again(
         self, uri: str, vcpus: int, memory_mb: int, disk_gb: int, user: str, request_id: str,
-        virt_type: str = "auto",
+        virt_type: str = "auto", storage: str = "copy",
     ) -> None:
         """A removed host's name added again, with what it is now."""
         if not self.removed:
             raise Conflict(f"host {self.name} already exists")
         self._added_again(uri=uri, vcpus=vcpus, memory_mb=memory_mb, disk_gb=disk_gb,
-                          user=user, request_id=request_id, virt_type=virt_type)
+                          user=user, request_id=request_id, virt_type=virt_type,
+                          storage=storage)
 
     @event("HostAddedAgain")
     def _added_again(
         self, uri: str, vcpus: int, memory_mb: int, disk_gb: int, user: str, request_id: str,
-        virt_type: str = "auto",
+        virt_type: str = "auto", storage: str = "copy",
     ) -> None:
         self.uri, self.vcpus, self.memory_mb, self.disk_gb = uri, vcpus, memory_mb, disk_gb
-        self.virt_type = virt_type
+        self.virt_type, self.storage = virt_type, storage
         self.removed = False
 
     def release(self, instance_id: str, user: str, request_id: str) -> None:

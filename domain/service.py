@@ -87,7 +87,7 @@ class LifecycleService:
 
     def add_host(
         self, name: str, uri: str, vcpus: int, memory_mb: int, disk_gb: int,
-        user: str, request_id: str, virt_type: str = "auto",
+        user: str, request_id: str, virt_type: str = "auto", storage: str = "copy",
     ) -> Host:
         host = find(self.repo, host_id_for(name), Host)
         if host is not None and not host.removed:
@@ -97,9 +97,10 @@ class LifecycleService:
         if host is None:
             host = Host(name=name, uri=uri, vcpus=vcpus, memory_mb=memory_mb,
                         disk_gb=disk_gb, user=user, request_id=request_id,
-                        virt_type=virt_type)
+                        virt_type=virt_type, storage=storage)
         else:  # removed once: the name comes back on the same aggregate
-            host.add_again(uri, vcpus, memory_mb, disk_gb, user, request_id, virt_type)
+            host.add_again(uri, vcpus, memory_mb, disk_gb, user, request_id, virt_type,
+                           storage)
         catalog = find(self.repo, CATALOG_ID, HostCatalog) or HostCatalog()
         catalog.register(name)
         try:

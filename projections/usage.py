@@ -22,11 +22,11 @@ from projections.views import host_view
 
 USAGE_COLUMNS = (
     "name", "uri", "vcpus", "memory_mb", "disk_gb", "vcpus_used", "memory_mb_used",
-    "disk_gb_used", "instances", "statuses", "position", "updated_at",
+    "disk_gb_used", "storage", "instances", "statuses", "position", "updated_at",
 )
 _USAGE_DDL = """name TEXT NOT NULL, uri TEXT NOT NULL, vcpus INTEGER NOT NULL,
     memory_mb INTEGER NOT NULL, disk_gb INTEGER NOT NULL, vcpus_used INTEGER NOT NULL,
-    memory_mb_used INTEGER NOT NULL, disk_gb_used INTEGER NOT NULL,
+    memory_mb_used INTEGER NOT NULL, disk_gb_used INTEGER NOT NULL, storage TEXT NOT NULL,
     instances INTEGER NOT NULL, statuses TEXT NOT NULL, position BIGINT NOT NULL,
     updated_at TEXT"""
 
@@ -49,6 +49,8 @@ class _MemberSeen(NamedTuple):
 class HostUsageProjection:
     name = "host_usage"
     tables = ("host_usage", "host_members", "host_usage_history")
+    # Tables an older shelf made without `storage` are made anew and replayed.
+    columns = {"host_usage": USAGE_COLUMNS, "host_usage_history": USAGE_COLUMNS}
     folds = (Instance, Host)
     schema = (
         f"CREATE TABLE IF NOT EXISTS host_usage ({_USAGE_DDL}, PRIMARY KEY (name))",

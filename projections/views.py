@@ -76,11 +76,12 @@ def host_view(host: Host) -> dict[str, Any]:
         "name": host.name, "uri": host.uri,
         "vcpus": host.vcpus, "memory_mb": host.memory_mb, "disk_gb": host.disk_gb,
         "vcpus_used": used["vcpus"], "memory_mb_used": used["memory_mb"],
-        "disk_gb_used": used["disk_gb"], "instances": len(host.claims),
+        "disk_gb_used": used["disk_gb"], "storage": host.storage,
+        "instances": len(host.claims),
     }
 
 
 HOST_COLUMNS = (
     "name", "uri", "vcpus", "memory_mb", "disk_gb", "vcpus_used", "memory_mb_used",
-    "disk_gb_used", "instances",
+    "disk_gb_used", "storage", "instances",
 )

@@ -1,0 +1,215 @@
+"""The host driver's storage strategies on real filesystems and a real libvirtd.
+
+`reflink` on an XFS filesystem made here (a loop-mounted file, `mkfs.xfs -m reflink=1`),
+`link` on the machine's ext4 (/var/tmp, which libvirtd reaches). What must hold whatever
+the strategy: the image is byte-for-byte the snapshot until it is deleted, the disk made
+from it is a file of its own, and deleting one never changes the other. (End-to-end runs
+through `shelf`, and `copy` across two filesystems, are in tests/e2e/test_storage.py.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import pytest
+
+from adapters.images import DirectoryImageStore
+from adapters.libvirt_host import choose_storage, open_host
+from tests.conftest import node_xml
+from tests.integration.test_libvirt_host import (
+    SYSTEM_URI,
+    RealEnv,
+    _clean_up,
+    _unavailable,
+    assert_pattern,
+    spec_for,
+)
+
+MiB = 2**20
+GiB = 2**30
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def used_bytes(path: Path) -> int:
+    stat = os.statvfs(path)
+    return (stat.f_blocks - stat.f_bfree) * stat.f_frsize
+
+
+def write_pattern(path: Path, pattern: int, length: str = "64M") -> None:
+    subprocess.run(["qemu-io", "-c", f"write -P {pattern:#x} 0 {length}", str(path)],
+                   check=True, capture_output=True)
+
+
+@contextlib.contextmanager
+def xfs_with_reflink(base: Path) -> Iterator[Path]:
+    if shutil.which("mkfs.xfs") is None or os.geteuid() != 0:
+        _unavailable("mkfs.xfs (xfsprogs) and root are needed for a loop-mounted XFS")
+    image, mount = base / "xfs.img", base / "xfs"
+    subprocess.run(["truncate", "-s", "1G", str(image)], check=True)
+    subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(image)], check=True)
+    mount.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.fixture
+def base() -> Iterator[Path]:
+    try:
+        libvirt.open(SYSTEM_URI).close()
+    except libvirt.libvirtError as exc:
+        _unavailable(f"no {SYSTEM_URI}: {exc}")
+    # Under /var/tmp so that libvirtd (root, its own private /tmp) can reach the files.
+    made = Path(tempfile.mkdtemp(prefix="shelf-storage-", dir="/var/tmp"))
+    yield made
+    shutil.rmtree(made)
+
+
+@contextlib.contextmanager
+def real_env(base: Path, data: Path) -> Iterator[RealEnv]:
+    name = f"st-{uuid.uuid4().hex[:8]}"
+    images = DirectoryImageStore(data / "images")
+    strategy = choose_storage(name, SYSTEM_URI, data, None, images.root, "auto")
+    env = RealEnv(open_host(name, SYSTEM_URI, data, storage=strategy), images, base)
+    conn = libvirt.open(SYSTEM_URI)
+    try:
+        yield env
+    finally:
+        env.host.close()
+        _clean_up(conn, env)
+        conn.close()
+
+
+def blank_disk_with_pattern(env: RealEnv, pattern: int) -> tuple[str, Path]:
+    spec = env.new_spec(disk_gb=1)
+    env.host.create_disk(spec, None)
+    disk = env.host.storage.disk_path(spec.instance_id)
+    write_pattern(disk, pattern)
+    return spec.instance_id, disk
+
+
+@pytest.mark.e2e
+def test_reflink_snapshot_and_spawn_are_independent_clones(base: Path) -> None:
+    with xfs_with_reflink(base) as mount, real_env(base, mount / "data") as env:
+        host = env.host
+        assert host.storage.strategy == "reflink"
+        instance_id, disk = blank_disk_with_pattern(env, 0xAB)
+        image_id = str(uuid.uuid4())
+        image = env.images.path_for(image_id)
+        before = used_bytes(mount)
+        host.export_disk(instance_id, image)
+        assert used_bytes(mount) - before < 8 * MiB  # 64 MiB written, nothing copied
+        env.images.commit(image_id, "clone", instance_id)
+        assert_pattern(image)
+        snapshot = digest(image)
+
+        write_pattern(disk, 0x11)  # the old disk changes: its snapshot does not
+        assert digest(image) == snapshot
+        spawned = env.new_spec(disk_gb=2)
+        before = used_bytes(mount)
+        host.create_disk(spawned, image)
+        host.create_disk(spawned, image)  # idempotent
+        assert used_bytes(mount) - before < 8 * MiB
+        new_disk = host.storage.disk_path(spawned.instance_id)
+        assert_pattern(new_disk)
+        info = subprocess.run(["qemu-img", "info", "-U", str(new_disk)], check=True,
+                              capture_output=True, text=True).stdout
+        assert "virtual size: 2 GiB" in info  # grown to the flavor's disk
+        write_pattern(new_disk, 0x22)
+        host.delete_disk(instance_id)
+        assert digest(image) == snapshot
+        env.images.delete(image_id)
+        assert_pattern_of(new_disk, 0x22)
+        host.delete_disk(spawned.instance_id)
+        assert sorted(p.name for p in host.disks_dir.iterdir()) == []
+
+
+def assert_pattern_of(path: Path, pattern: int) -> None:
+    done = subprocess.run(["qemu-io", "-r", "-U", "-c", f"read -P {pattern:#x} 0 64M",
+                           str(path)], capture_output=True, text=True, check=True)
+    assert "Pattern verification failed" not in done.stdout
+
+
+@pytest.mark.e2e
+def test_link_snapshot_never_runs_as_the_disk(base: Path) -> None:
+    with real_env(base, base / "data") as env:
+        host = env.host
+        assert host.storage.strategy == "link"
+        instance_id, disk = blank_disk_with_pattern(env, 0xAB)
+        spec = spec_for(instance_id, disk_gb=1, mac=env.macs[-1], name=f"vm-{instance_id}")
+        image_id = str(uuid.uuid4())
+        image = env.images.path_for(image_id)
+        host.export_disk(instance_id, image)
+        env.images.commit(image_id, "link", instance_id)
+        assert image.stat().st_ino == disk.stat().st_ino  # shelved: one file, two names
+        snapshot, inode = digest(image), image.stat().st_ino
+
+        host.define_and_start(spec)  # unshelve in place: the guest may write its disk
+        assert disk.stat().st_ino != inode and image.stat().st_ino == inode
+        assert image.stat().st_nlink == 1
+        host.power_off(instance_id, clean_timeout=0, retry_interval=0)
+        write_pattern(disk, 0x11)
+        assert digest(image) == snapshot
+
+        host.export_disk(instance_id, image)  # shelved again (the same path, after a crash)
+        assert image.stat().st_ino == disk.stat().st_ino
+        host.create_disk(spec_for(instance_id, disk_gb=2), None)  # a resize writes too
+        assert image.stat().st_ino != disk.stat().st_ino
+        host.undefine(instance_id)
+        host.delete_disk(instance_id)
+        assert image.is_file()
+        assert_pattern_of(image, 0x11)
+
+
+@pytest.mark.e2e
+def test_delete_disk_removes_what_an_interrupted_clone_left(base: Path) -> None:
+    with xfs_with_reflink(base) as mount, real_env(base, mount / "data") as env:
+        instance_id, _disk = blank_disk_with_pattern(env, 0xAB)
+        env.host.ensure_ready()
+        partial = env.host.disks_dir / f".{instance_id}.qcow2.cloning"
+        partial.write_bytes(b"part of a clone")
+        other = env.host.disks_dir / ".someone-elses.qcow2.cloning"
+        other.write_bytes(b"not ours")
+        env.host.delete_disk(instance_id)
+        assert not partial.exists() and other.exists()
+        other.unlink()
+
+
+# --- choosing and recording the strategy (no libvirtd needed) ------------------------------
+
+def test_test_driver_hosts_and_forced_copy_record_copy(harness_factory: Any) -> None:
+    h = harness_factory(start=False)
+    h.add_host("h1")
+    node = node_xml(h.tmp / "h2.xml")
+    h.ok("host", "add", "h2", "--uri", f"test://{node}", "--storage", "copy")
+    rows = {row["name"]: row for row in h.ok("host", "list", "--json").json()}
+    assert {name: row["storage"] for name, row in rows.items()} == {"h1": "copy", "h2": "copy"}
+    assert "STORAGE" in h.ok("host", "list").out.splitlines()[0]
+    bad = h.shelf("host", "add", "h3", "--uri", f"test://{node}", "--storage", "reflink")
+    assert bad.code == 2 and len(bad.err.splitlines()) == 1
+
+
+def test_auto_tries_the_host_disks_directory_against_the_image_store(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    auto = choose_storage("h1", SYSTEM_URI, data, None, data / "images", "auto")
+    assert auto == "link"  # tmp_path is on the machine's ext4
+    assert (data / "hosts" / "h1" / "disks").is_dir() and (data / "images").is_dir()
+    assert choose_storage("h1", SYSTEM_URI, data, None, data / "images", "copy") == "copy"
+    test_uri = f"test://{node_xml(tmp_path / 'n.xml')}"
+    assert choose_storage("h2", test_uri, data, None, data / "images", "auto") == "copy"
+    assert not (data / "hosts" / "h2").exists()  # the test driver has no disk files

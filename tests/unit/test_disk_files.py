@@ -1,0 +1,124 @@
+"""Storage strategy detection and the clone, link and copy of disk files, on real files.
+
+The machine's root (and so tmp_path) is ext4: hard links, no reflink. /dev/shm is another
+filesystem (tmpfs). Clones on XFS are tested in tests/integration/test_storage_strategies.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from adapters import disk_files
+from adapters.disk_files import COPY, LINK, DiskFileError
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def qcow2(path: Path, *options: str) -> Path:
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", *options, str(path), "16M"],
+                   check=True)
+    return path
+
+
+@pytest.fixture
+def other_filesystem() -> Iterator[Path]:
+    directory = Path(tempfile.mkdtemp(prefix="shelf-test-", dir="/dev/shm"))
+    yield directory
+    shutil.rmtree(directory)
+
+
+def test_one_filesystem_without_reflink_is_link(tmp_path: Path) -> None:
+    disks, images = tmp_path / "disks", tmp_path / "images"
+    disks.mkdir()
+    images.mkdir()
+    assert disk_files.detect_strategy(disks, images) == LINK
+    assert list(disks.iterdir()) == [] and list(images.iterdir()) == []  # probe removed
+
+
+def test_another_filesystem_is_copy(tmp_path: Path, other_filesystem: Path) -> None:
+    assert tmp_path.stat().st_dev != other_filesystem.stat().st_dev
+    assert disk_files.detect_strategy(tmp_path, other_filesystem) == COPY
+    assert list(other_filesystem.iterdir()) == []
+
+
+def test_a_refused_clone_leaves_nothing(tmp_path: Path) -> None:
+    source = tmp_path / "a"
+    source.write_bytes(b"data")
+    with pytest.raises(DiskFileError, match="clone"):
+        disk_files.clone_file(source, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_broken_link_leaves_the_other_name_untouched(tmp_path: Path) -> None:
+    disk, image = tmp_path / "disk.qcow2", tmp_path / "image.img"
+    disk.write_bytes(b"snapshot" * 1000)
+    disk.chmod(0o600)
+    disk_files.link_file(disk, image)
+    assert disk.stat().st_ino == image.stat().st_ino
+    before, inode = digest(image), image.stat().st_ino
+    assert disk_files.break_link(disk)
+    assert disk.stat().st_ino != inode and image.stat().st_ino == inode
+    assert disk.stat().st_nlink == image.stat().st_nlink == 1
+    assert oct(disk.stat().st_mode & 0o777) == "0o600"  # the disk keeps its mode
+    with disk.open("r+b") as file:  # the running guest writes its disk
+        file.write(b"changed!")
+    assert digest(image) == before
+    assert not disk_files.break_link(disk)  # its own file already: nothing to do
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["disk.qcow2", "image.img"]
+
+
+def test_link_again_replaces_a_partial_destination(tmp_path: Path) -> None:
+    disk, image = tmp_path / "disk", tmp_path / "image"
+    disk.write_bytes(b"whole")
+    image.write_bytes(b"part")  # a crash left it
+    disk_files.link_file(disk, image)
+    assert image.read_bytes() == b"whole" and image.stat().st_ino == disk.stat().st_ino
+
+
+def test_a_copy_keeps_holes(tmp_path: Path) -> None:
+    source = tmp_path / "sparse"
+    with source.open("wb") as file:
+        file.truncate(64 * 2**20)
+        file.write(b"x")
+    disk_files.copy_file(source, tmp_path / "copy")
+    copy = tmp_path / "copy"
+    assert copy.stat().st_size == source.stat().st_size and digest(copy) == digest(source)
+    assert copy.stat().st_blocks * 512 < 2**20
+
+
+def test_only_a_qcow2_needing_no_other_file_is_standalone(tmp_path: Path) -> None:
+    base = qcow2(tmp_path / "base.qcow2")
+    assert disk_files.standalone_qcow2(base)
+    overlay = qcow2(tmp_path / "overlay.qcow2", "-b", str(base), "-F", "qcow2")
+    assert not disk_files.standalone_qcow2(overlay)
+    raw = tmp_path / "raw.img"
+    raw.write_bytes(bytes(4096))
+    assert not disk_files.standalone_qcow2(raw)
+    with pytest.raises(DiskFileError, match="qemu-img info"):
+        disk_files.standalone_qcow2(tmp_path / "missing")
+
+
+def test_flatten_writes_a_standalone_copy_of_an_overlay(tmp_path: Path) -> None:
+    base = qcow2(tmp_path / "base.qcow2")
+    subprocess.run(["qemu-io", "-c", "write -P 0xcd 0 64k", str(base)], check=True,
+                   capture_output=True)
+    overlay = qcow2(tmp_path / "overlay.qcow2", "-b", str(base), "-F", "qcow2")
+    flat = tmp_path / "flat.qcow2"
+    flat.write_bytes(b"partial")  # a crash's leftover is replaced
+    disk_files.flatten(overlay, flat)
+    assert disk_files.standalone_qcow2(flat)
+    done = subprocess.run(["qemu-io", "-r", "-c", "read -P 0xcd 0 64k", str(flat)],
+                          capture_output=True, text=True, check=True)
+    assert "Pattern verification failed" not in done.stdout
+    os.unlink(base)
+    assert disk_files.standalone_qcow2(flat)  # it needs the base no more

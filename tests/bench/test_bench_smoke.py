@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from bench import api, audit, lifecycle, qemu, replay
+from bench import api, audit, fleet, lifecycle, qemu, replay
 from tests.e2e.test_qemu import _require_libvirtd
 
 RATIO = re.compile(r"^ratio = \d+\.\d{3}$")
@@ -34,6 +34,17 @@ def test_lifecycle_bench(store: str, workers: int, request: pytest.FixtureReques
     assert float(serves_cpu.split()[-2]) > 0  # ms per cycle, read from /proc
     assert any(line.startswith("ceiling ratio on") for line in lines)
     assert any(line.startswith("  database server") for line in lines) == (store == "postgres")
+
+
+def test_fleet_bench(pg_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    lines = run(fleet.main, ["--instances", "4", "--hosts", "2", "--serves", "1,2",
+                             "--wakeups", "2", "--idle-seconds", "1"], capsys)
+    assert sum(line.startswith("## K=") for line in lines) == 2
+    for name in ("  database server", "wake-up first step p99", "wake-up handover p99",
+                 "idle CPU per serve", "idle database per serve", "lifecycle | ratio = "):
+        assert any(line.startswith(name) for line in lines), name
+    serves_cpu = next(line for line in lines if line.startswith("  serves"))
+    assert float(serves_cpu.split()[-2]) > 0  # ms per cycle, read from /proc
 
 
 def test_replay_bench(capsys: pytest.CaptureFixture[str]) -> None:

@@ -29,7 +29,9 @@ from projections.db import Database
 from projections.runner import ProjectionRunner
 
 if TYPE_CHECKING:  # the process manager (and structlog) only for commands that drive
-    from domain.process_manager import Failpoints, ProcessManager, Settings
+    from application.step_recording import StepRecorder
+    from domain.ports import Failpoints
+    from domain.process_manager import ProcessManager, Settings
 
 
 def default_data_dir() -> Path:
@@ -142,15 +144,20 @@ class Context:
 
     def process_manager(
         self, settings: Settings, failpoints: Failpoints | None = None,
-        served: Callable[[str], bool] | None = None,
+        served: Callable[[str], bool] | None = None, records: StepRecorder | None = None,
     ) -> ProcessManager:
+        """`served`: whether some serve performs a host's steps (placement prefers those);
+        `records`: the commit policy, if the caller asks it something too (the worker)."""
+        from application.placement import HostRanking
+        from application.step_recording import StepRecorder
         from domain.process_manager import ProcessManager
 
         ensure_configured()  # it logs through structlog directly
         self.identify()
         return ProcessManager(
-            self.repo, self.hosts, self.images, self.volumes, settings, failpoints,
-            served=served,
+            self.repo, self.hosts, self.images, self.volumes,
+            records or StepRecorder(self.repo), HostRanking(self.repo, served),
+            settings, failpoints,
         )
 
     def close(self) -> None:

@@ -27,6 +27,8 @@ from adapters.eventstore import ShelfApplication
 from adapters.images import DirectoryImageStore
 from adapters.libvirt_host import LibvirtHosts
 from adapters.volumes import DirectoryVolumeStore
+from application.placement import HostRanking
+from application.step_recording import StepRecorder
 from domain.errors import ShelfError
 from domain.host import Host, host_id_for
 from domain.instance import Instance
@@ -141,7 +143,8 @@ class Seeder:
         self._uris = uris
         self.pm = ProcessManager(
             self.repo, self.drivers, DirectoryImageStore(self.work_dir / "data" / "images"),
-            DirectoryVolumeStore(self.work_dir / "data" / "volumes"), Settings(shutdown_timeout=0),
+            DirectoryVolumeStore(self.work_dir / "data" / "volumes"), StepRecorder(self.repo),
+            HostRanking(self.repo), Settings(shutdown_timeout=0),
             RandomErrors(self.rng, self.error_rate),
         )
 

@@ -22,9 +22,11 @@ from eventsourcing.persistence import Notification
 from adapters.leases import InstanceLeases
 from adapters.serving import ServingLeases, projections_key, serving_key
 from application.bootstrap import Context
+from application.step_recording import StepRecorder
 from domain.errors import Unreadable
 from domain.host import Host
-from domain.process_manager import Failpoints, ProcessManager, Settings
+from domain.ports import Failpoints
+from domain.process_manager import ProcessManager, Settings
 from domain.service import find
 
 INSTANCE_TOPIC = "domain.instance:Instance."
@@ -60,9 +62,12 @@ class Worker:
         self.settings = settings
         self.leases = InstanceLeases(ctx.store)
         self.serving = ServingLeases(ctx.store, settings.hosts)
+        # Asked whether an event is one this process recorded itself (see _to_drive).
+        self.records = StepRecorder(ctx.repo)
         # A serve of every host performs any host's steps itself: it asks nobody.
         self.pm: ProcessManager = ctx.process_manager(
-            settings, failpoints, served=self.is_served if settings.hosts else None)
+            settings, failpoints, served=self.is_served if settings.hosts else None,
+            records=self.records)
         self.log = structlog.get_logger("shelf.serve")
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="drive")
         self.running: dict[uuid.UUID, Future[None]] = {}
@@ -152,7 +157,7 @@ class Worker:
         for notification in notifications:
             if notification.topic.startswith(INSTANCE_TOPIC):
                 instance_id = uuid.UUID(str(notification.originator_id))
-                if self.pm.recorded_here(instance_id, notification.originator_version):
+                if self.records.recorded_here(instance_id, notification.originator_version):
                     continue
                 if owned is None or self._event_host(notification) in (None, *owned):
                     yield instance_id

@@ -154,3 +154,23 @@ class ImageStore(Protocol):
         store made is refused (HypervisorError)."""
 
     def list(self) -> list[ImageInfo]: ...
+
+
+class VolumeStore(Protocol):
+    """Persistent volumes, one per volume-backed instance, shared by every host."""
+
+    def path_for(self, instance_id: str) -> Path: ...
+
+    def exists(self, instance_id: str) -> bool: ...
+
+    def delete(self, instance_id: str) -> None: ...
+
+
+class Failpoints(Protocol):
+    def hit(self, name: str) -> None:
+        """Crash or raise if a failpoint of that name is set; otherwise nothing."""
+
+
+class NoFailpoints:
+    def hit(self, name: str) -> None:
+        return None

@@ -15,6 +15,8 @@ import pytest
 from adapters.eventstore import EventStoreRepository
 from adapters.libvirt_host import LibvirtHosts
 from application.bootstrap import Context
+from application.placement import HostRanking
+from application.step_recording import StepRecorder
 from domain.host import Host, host_id_for
 from domain.process_manager import ProcessManager, Settings
 from domain.service import new_request_id
@@ -138,7 +140,8 @@ def test_a_claim_that_lost_a_race_goes_on_from_the_stored_state(
         node = node_xml(tmp_path / f"{name}.xml")
         ctx.service.add_host(name, f"test://{node}", 8, memory, 100, "t", new_request_id())
     repo = ClaimRacedOnce(ctx.app, ctx.store)
-    pm = ProcessManager(repo, ctx.hosts, ctx.images, ctx.volumes, Settings(shutdown_timeout=0))
+    pm = ProcessManager(repo, ctx.hosts, ctx.images, ctx.volumes, StepRecorder(repo),
+                        HostRanking(repo), Settings(shutdown_timeout=0))
     vm = ctx.service.boot(name="vm1", host="h1", vcpus=1, memory_mb=1024, disk_gb=1,
                           image_id=None, volume_backed=False, user="t",
                           request_id=new_request_id())

@@ -146,7 +146,7 @@ def test_host_usage_after_every_step_is_the_sum_of_the_claims(
             ctx.service.request(action, str(vm.id), "t", new_request_id(), host)
         while (instance := find(ctx.repo, vm.id, Instance)) and (step := instance.next_step()):
             pm.perform(instance, step)
-            pm.record_unrecorded(instance)  # as a drive does before it stops
+            pm.records.record_unrecorded(instance)  # as a drive does before it stops
             checks += assert_usage_matches_claims(ctx)
     assert checks > 20
     assert {row["name"]: row["instances"] for row in queries.hosts(ctx.db)} == {"h1": 0, "h2": 0}

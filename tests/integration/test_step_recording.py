@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from domain import process_manager
+from application import step_recording
 from tests.conftest import Harness
 
 SHELVE_EVENTS = ["ShelveRequested", "PoweredOff", "Snapshotted", "Shelved",
@@ -64,8 +64,8 @@ def test_quick_steps_are_committed_together(
     harness_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Every step counts as quick once timed, however busy the machine running the test.
-    monkeypatch.setattr(process_manager, "QUICK_STEP_SECONDS", 60.0)
-    monkeypatch.setattr(process_manager, "RECORD_WITHIN_SECONDS", 60.0)
+    monkeypatch.setattr(step_recording, "QUICK_STEP_SECONDS", 60.0)
+    monkeypatch.setattr(step_recording, "RECORD_WITHIN_SECONDS", 60.0)
     h = booted(harness_factory)
     first, events = shelve(h)
     assert events == SHELVE_EVENTS
@@ -85,7 +85,7 @@ def test_each_step_is_committed_before_the_next_when_steps_take_time(
     harness_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # As on a real host, where a power-off or a snapshot takes seconds.
-    monkeypatch.setattr(process_manager, "QUICK_STEP_SECONDS", 0.0)
+    monkeypatch.setattr(step_recording, "QUICK_STEP_SECONDS", 0.0)
     h = booted(harness_factory)
     for _ in range(2):
         written, events = shelve(h)
@@ -106,13 +106,13 @@ def test_a_failing_step_keeps_the_quick_steps_before_it(
     harness_factory: Any, monkeypatch: pytest.MonkeyPatch, failpoint: str,
     done_before: list[str],
 ) -> None:
-    monkeypatch.setattr(process_manager, "QUICK_STEP_SECONDS", 60.0)
+    monkeypatch.setattr(step_recording, "QUICK_STEP_SECONDS", 60.0)
     h = booted(harness_factory, failpoint)
     assert h.worker is not None
     for host, step in (("h1", "PowerOff"), ("h1", "Snapshot"), ("h1", "CleanNetwork"),
                        ("h1", "Destroy")):
         # As if timed by earlier shelves: the events before the failing step wait for it.
-        h.worker.pm.note_step_seconds(host, step, 0.001)
+        h.worker.records.note_step_seconds(host, step, 0.001)
     _, events = shelve(h)
     assert events[:len(done_before) + 1] == [*done_before, "StepFailed"]
     assert h.show("vm1")["fault"]["step"] == failpoint.split(":")[1].split("=")[0]

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from application.placement import HostRanking
+from application.step_recording import StepRecorder
 from domain import plans
 from domain import states as s
 from domain.errors import NoRoom
@@ -649,6 +651,7 @@ def _manager(
     drivers, repo = _Drivers(), _CollectingRepo()
     manager = ProcessManager(
         repo=repo, hosts=drivers, images=None, volumes=None,  # type: ignore[arg-type]
+        records=StepRecorder(repo), placement=HostRanking(repo),
         settings=Settings(shelved_offload_time=shelved_offload_time, shutdown_timeout=60),
         clock=lambda: NOW,
     )
@@ -725,7 +728,7 @@ def test_finishing_a_shelve_offloads_at_once_only_with_offload_time_zero(
         life.step()
     manager, _, repo = _manager(shelved_offload_time=offload_time)
     manager.finish(life.inst)
-    manager.record_unrecorded(life.inst)  # as the drive does, with a later step's or alone
+    manager.records.record_unrecorded(life.inst)  # as the drive does, with a later step's or alone
     if offload_time == 0:
         assert repo.transactions == [["Shelved", "ShelveOffloadRequested"]]
         requested = repo.saved[-1]

@@ -1,0 +1,95 @@
+"""Where a claim goes: the host ranking behind the process manager's `placement` port
+(domain/drive_ports.py `Placement`). The asked-for host, else the one with the most free
+memory that fits (Nova's default weigher), preferring hosts some `serve` performs the
+steps on."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+
+import structlog
+
+from domain.errors import NoRoom, Unreadable
+from domain.host import CATALOG_ID, Host, HostCatalog, host_id_for
+from domain.instance import Instance
+from domain.service import Repository, find
+
+HOST_VIEW_SECONDS = 5.0  # how stale a host may look when ranking (a claim always reloads it)
+
+
+class HostRanking:
+    """Ranks from what this process last saw of each host, as Nova's scheduler ranks from
+    its cache; the chosen host is always loaded afresh."""
+
+    def __init__(self, repo: Repository, served: Callable[[str], bool] | None = None) -> None:
+        self.repo = repo
+        # Whether some serve performs the steps on a host (`serve --host`): placement
+        # skips one that nobody serves, as Nova's scheduler skips a host whose compute
+        # service is down. None: this serve performs every host's steps itself.
+        self.served = served
+        # name -> (when seen, host): for ranking only, see choose_host()
+        self._host_cache: dict[str, tuple[float, Host]] = {}
+        self.log = structlog.get_logger("shelf.process_manager")
+
+    def saw(self, host: Host) -> None:
+        """Keeps this worker's ranking view current with what it saved itself."""
+        self._host_cache[host.name] = (time.monotonic(), host)
+
+    def choose_host(self, instance: Instance) -> Host:
+        """The asked-for host, else the one with the most free memory that fits (Nova)."""
+        if instance.target_host is not None:
+            host = self._placeable(host_id_for(instance.target_host))
+            if host is None or host.removed:
+                raise NoRoom(f"No valid host was found: no host named {instance.target_host}")
+            return host
+        need = (instance.vcpus, instance.memory_mb, instance.disk_gb)
+        unserved: Host | None = None  # the best host that fits but that no serve performs
+        # Rank by what this worker last saw of each host, then load only the best candidate
+        # afresh: the claim is checked and saved against that fresh copy, so a stale
+        # ranking can cost a retry, never an over-commit.
+        for cached in sorted(self._known_hosts(), reverse=True,
+                             key=lambda host: (host.free()["memory_mb"], host.name)):
+            served = self.served is None or self.served(cached.name)
+            if not served and unserved is not None:
+                continue
+            fresh = self._placeable(cached.id)
+            if fresh is None or fresh.removed:
+                continue
+            self._host_cache[fresh.name] = (time.monotonic(), fresh)
+            if fresh.fits(*need):
+                if served:
+                    return fresh
+                unserved = fresh
+        if unserved is not None:
+            # Rather than fail the request: its serve may be restarting, or about to start.
+            # The claim waits there until it performs the steps.
+            return unserved
+        raise NoRoom(
+            "No valid host was found. There are not enough hosts available "
+            f"for {need[0]} vcpus, {need[1]} MB and {need[2]} GB."
+        )
+
+    def _placeable(self, host_id: uuid.UUID) -> Host | None:
+        """The host, None if there is none or its events can't be read: such a host is
+        left out of placement (and logged), rather than fail every claim on any host."""
+        try:
+            return find(self.repo, host_id, Host)
+        except Unreadable as error:
+            self.log.error("host.unreadable", host_id=str(host_id), error=error.reason)
+            return None
+
+    def _known_hosts(self) -> list[Host]:
+        """Every host as this worker last saw it; views older than HOST_VIEW_SECONDS are
+        reloaded, so what other workers claimed or released shows up soon."""
+        catalog = find(self.repo, CATALOG_ID, HostCatalog)
+        names = catalog.names if catalog else []
+        now = time.monotonic()
+        for name in names:
+            seen = self._host_cache.get(name)
+            if seen is None or now - seen[0] > HOST_VIEW_SECONDS:
+                host = self._placeable(host_id_for(name))
+                if host is not None:
+                    self._host_cache[name] = (now, host)
+        return [self._host_cache[name][1] for name in names if name in self._host_cache]

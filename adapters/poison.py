@@ -3,7 +3,7 @@
 A stored event may hold what the code can't take (written by an older version, or by a
 bug): state that isn't JSON, a value out of a column's range, a row that breaks a
 constraint. Such an error stays with the event, however often it is tried, and the
-readers step past it (projections/quarantine.py, cli/worker.py). Every other error (a
+readers step past it (projections/quarantine.py, application/worker.py). Every other error (a
 lost connection, a locked or full database, a failpoint) is the store's or the host's,
 and is retried as before: only the errors listed here mark an event, so a PostgreSQL
 restart never quarantines anything.

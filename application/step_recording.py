@@ -123,7 +123,7 @@ class StepRecorder:
     def recorded_here(self, instance_id: uuid.UUID, version: int) -> bool:
         """Whether this process recorded that version of the instance itself: its drive
         went on from there already, so the event needs no drive of its own (the worker
-        asks, cli/worker.py). Forgotten once the last version it recorded has
+        asks, application/worker.py). Forgotten once the last version it recorded has
         been asked about."""
         last = self._recorded.get(instance_id)
         if last is None:

@@ -214,7 +214,7 @@ def image_list(ctx: Context, args: argparse.Namespace) -> int:
 # ---- the worker ---------------------------------------------------------------------------
 
 def serve(ctx: Context, args: argparse.Namespace) -> int:
-    from cli.worker import Worker  # and structlog: other commands don't pay for them
+    from application.worker import Worker  # and structlog: other commands don't pay for them
     from domain.process_manager import Settings
 
     ctx.connect_timeout = args.connect_timeout  # before the first host connection

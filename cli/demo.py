@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from application.bootstrap import Context
+from application.worker import Worker
 from cli.demo_api import show_api_request
-from cli.worker import Worker
 from domain.process_manager import Settings
 
 # (name, cpus, memory KiB) of the demo's hosts: small enough that placement matters.

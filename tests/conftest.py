@@ -22,8 +22,8 @@ import pytest
 from adapters.failpoints import EnvFailpoints
 from adapters.libvirt_host import LibvirtHosts
 from application.bootstrap import Context
+from application.worker import Worker
 from cli.main import main
-from cli.worker import Worker
 from domain.process_manager import Settings
 
 PG_ADMIN = os.environ.get("SHELF_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -22,7 +22,7 @@ import pytest
 from adapters.failpoints import EnvFailpoints
 from adapters.libvirt_host import LibvirtHosts
 from application.bootstrap import Context
-from cli.worker import Worker
+from application.worker import Worker
 from domain.instance import Instance
 from domain.process_manager import Settings
 from domain.reconcile import reconcile

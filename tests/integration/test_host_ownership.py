@@ -21,9 +21,9 @@ from adapters.eventstore import parse_store_url
 from adapters.leases import InstanceLeases
 from adapters.libvirt_host import LibvirtHosts
 from adapters.serving import ServingLeases, projections_key
+from application import worker as worker_module
 from application.bootstrap import Context
-from cli import worker as worker_module
-from cli.worker import Worker
+from application.worker import Worker
 from domain.process_manager import Settings
 from domain.service import new_request_id
 from tests.conftest import Harness, node_xml

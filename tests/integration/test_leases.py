@@ -13,7 +13,7 @@ from adapters.eventstore import parse_store_url
 from adapters.leases import InstanceLeases
 from adapters.libvirt_host import LibvirtHosts
 from application.bootstrap import Context
-from cli.worker import Worker
+from application.worker import Worker
 from domain.process_manager import Settings
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-import cli.worker as worker_module
+import application.worker as worker_module
 from application.bootstrap import Context
-from cli.worker import Worker
+from application.worker import Worker
 from domain.process_manager import Settings
 from domain.service import new_request_id
 from tests.conftest import node_xml

@@ -1,4 +1,4 @@
-"""The rule `serve --host`'s hand-over rests on (cli/worker.py `_to_drive`): whenever an
+"""The rule `serve --host`'s hand-over rests on (application/worker.py `_to_drive`): whenever an
 instance's next step calls a hypervisor, the event recorded last names that step's host,
 or names none. The serve owning that host then hears of it from the event log; a serve
 owning another host skips it. Checked at every step boundary of every operation of

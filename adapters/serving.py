@@ -64,3 +64,24 @@ class ServingLeases:
             self.release_all()
         finally:
             self._leases.close()
+
+
+class ServingLook:
+    """Whether some `serve` performs the steps on a host: its lease, or the every-host
+    lease, held by another process (Nova's service state up/down). Looks, never takes."""
+
+    def __init__(self, store: StoreURL) -> None:
+        self._store = store
+        self._leases = InstanceLeases(store)
+
+    def is_served(self, host: str) -> bool:
+        return served_elsewhere(self._leases, self._store, host)
+
+    def close(self) -> None:
+        self._leases.close()
+
+
+def served_elsewhere(leases: InstanceLeases, store: StoreURL, host: str) -> bool:
+    """Whether another process holds the lease of a serve of `host` or of every host."""
+    return (leases.held_elsewhere(serving_key(store, None))
+            or leases.held_elsewhere(serving_key(store, host)))

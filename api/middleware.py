@@ -4,7 +4,9 @@
 application layer records with the action and its events, so `openstack server event
 list` and `shelf actions` agree. The microversion is read from either header and echoed in
 both, with `Vary`, as Nova does. A body over Nova's `max_request_body_size` (112 KiB) is
-413 before it is read whole. Pure ASGI (no per-request task as BaseHTTPMiddleware has).
+413 before it is read whole. A body is JSON, as Nova reads it: a JSON Content-Type,
+text/plain or none; any other type is 415. Pure ASGI (no per-request task as
+BaseHTTPMiddleware has).
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ COMPUTE_PREFIX = "/v2.1"
 VARY = "OpenStack-API-Version, X-OpenStack-Nova-API-Version"
 MAX_BODY = 114_688  # Nova's [oslo_middleware] max_request_body_size
 TOO_LARGE = "Request is too large."
+# Nova's wsgi.Request.get_content_type: these two, and text/plain or no type, read as JSON.
+JSON_TYPES = frozenset({"application/json", "application/vnd.openstack.compute+json"})
+UNSUPPORTED_TYPE = "Unsupported Content-Type"
 
 
 class BodyTooLarge(Exception):
@@ -98,6 +103,9 @@ class RequestContextMiddleware:
         if _declared_length(scope) > MAX_BODY:
             await _refuse(send, 413, TOO_LARGE, extra)
             return
+        if not _read_as_json(scope):
+            await _refuse(send, 415, UNSUPPORTED_TYPE, extra)
+            return
 
         started = False
         body = _BoundedBody(receive)
@@ -124,6 +132,21 @@ class RequestContextMiddleware:
                       request_id=request_id)
             if not started:
                 await _refuse(send, 500, UNEXPECTED, extra)
+
+
+def _read_as_json(scope: Scope) -> bool:
+    """False for a body of another type than JSON; a text/plain body (curl's default, and
+    Nova's too) is relabelled JSON for the framework's parser."""
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    for index, (key, value) in enumerate(headers):
+        if key.lower() != b"content-type":
+            continue
+        media = value.decode("latin-1").split(";", 1)[0].strip().lower()
+        if media in ("", "text/plain"):
+            headers[index] = (key, b"application/json")
+            return True
+        return media in JSON_TYPES
+    return True
 
 
 async def _refuse(send: Send, status: int, message: str,

@@ -42,8 +42,10 @@ def host_id(project_id: str, host: str | None) -> str:
 
 
 def server_detail(view: dict[str, Any], version: Microversion, base: str,
-                  host_attributes: bool, listed: bool = False) -> dict[str, Any]:
-    """One server as show (or, `listed`, as a detail list) answers it."""
+                  host_attributes: bool, listed: bool = False,
+                  host_status: str | None = None) -> dict[str, Any]:
+    """One server as show (or, `listed`, as a detail list) answers it; `host_status`
+    (2.16, for whom policy lets see it) when given."""
     project = project_of(view)
     server: dict[str, Any] = {
         "id": view["id"], "name": view["name"], "status": view["status"],
@@ -68,6 +70,8 @@ def server_detail(view: dict[str, Any], version: Microversion, base: str,
         server["OS-EXT-SRV-ATTR:instance_name"] = f"instance-{view['id']}"
     if view.get("fault"):
         server["fault"] = _fault(view, host_attributes)
+    if host_status is not None and version.at_least("2.16"):
+        server["host_status"] = host_status
     server.update(_by_version(version))
     if listed:  # from 2.71 server groups are shown by show only, as in Nova
         server.pop("server_groups", None)
@@ -125,3 +129,11 @@ def _fault(view: dict[str, Any], admin: bool) -> dict[str, Any]:
     if admin:
         body["details"] = f"step {fault.get('step')} on host {fault.get('host')}"
     return body
+
+
+def host_status(view: dict[str, Any], served: set[str]) -> str:
+    """Nova's host_status: UP when a serve performs its host's steps, DOWN when none
+    does, "" for a server on no host."""
+    if not view["host"]:
+        return ""
+    return "UP" if view["host"] in served else "DOWN"

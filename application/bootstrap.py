@@ -20,6 +20,7 @@ from adapters.eventstore import (
 from adapters.failpoints import EnvFailpoints
 from adapters.images import DirectoryImageStore
 from adapters.logs import ensure_configured
+from adapters.serving import ServingLook
 from adapters.volumes import DirectoryVolumeStore
 from domain.errors import NotFound
 from domain.ports import HostDrivers
@@ -116,6 +117,11 @@ class Context:
     def volumes(self) -> DirectoryVolumeStore:
         return DirectoryVolumeStore(self.data_dir / "volumes")
 
+    @cached_property
+    def serving(self) -> ServingLook:
+        """Whether some `serve` performs a host's steps (looked at, never taken)."""
+        return ServingLook(self.store)
+
     @property
     def hosts(self) -> HostDrivers:
         if self._hosts is None:
@@ -163,6 +169,8 @@ class Context:
     def close(self) -> None:
         if self._owns_hosts and self._hosts is not None and hasattr(self._hosts, "close"):
             self._hosts.close()
+        if "serving" in self.__dict__:
+            self.serving.close()
         if "db" in self.__dict__:
             self.db.close()
         if "app" in self.__dict__:

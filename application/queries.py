@@ -10,6 +10,7 @@ a read never misses what was recorded before it. Moments are ISO 8601 text in UT
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,3 +170,9 @@ def projections_status(ctx: Context) -> list[dict[str, Any]]:
     return [{"name": s.name, "position": s.position, "head": s.head, "lag": s.lag,
              "quarantined": [q for q in quarantined if q["projection"] == s.name]}
             for s in ctx.projector.status()]
+
+
+def served_hosts(ctx: Context, names: Iterable[str]) -> set[str]:
+    """Those of the hosts whose steps some `serve` performs now (Nova's compute service
+    up): a serve of that host or of every host holds its lease."""
+    return {name for name in set(names) if ctx.serving.is_served(name)}

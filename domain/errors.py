@@ -21,6 +21,10 @@ class NotFound(ShelfError):
     exit_code = 3
 
 
+class HostNotFound(NotFound):
+    """No such host: the API tells it from a missing server (Nova's 400 on unshelve)."""
+
+
 class UsageError(ShelfError):
     """The request itself is malformed."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, Protocol, TypeVar
 
-from domain.errors import Conflict, NotFound, UsageError
+from domain.errors import Conflict, HostNotFound, NotFound, UsageError
 from domain.host import CATALOG_ID, Host, HostCatalog, host_id_for
 from domain.instance import LEGACY_PROJECT, Instance
 from domain.limits import MAX_SIZE, NAME_RULE, is_valid_name, is_valid_size
@@ -69,7 +69,7 @@ def resolve_instance(repo: Repository, ref: str, project: str | None = None) -> 
 def resolve_host(repo: Repository, name: str) -> Host:
     host = find(repo, host_id_for(name), Host)
     if host is None or host.removed:
-        raise NotFound(f"no such host: {name}")
+        raise HostNotFound(f"no such host: {name}")
     return host
 
 

@@ -13,7 +13,7 @@ from api.deps import Call, CallDep
 from api.errors import ApiError, bad_request
 from api.routers.servers import authorize_on, find_server
 from application import lifecycle, queries
-from domain.errors import NotFound
+from domain.errors import HostNotFound, NotFound
 
 router = APIRouter(prefix="/v2.1", tags=["server actions"])
 
@@ -42,8 +42,11 @@ def server_action(call: CallDep, server_id: str,
     if name != "unshelve" and argument not in (None, {}):  # tempest sends {}, clients null
         raise bad_request(f"Invalid input for field/attribute {name}. "
                           f"Value: {argument}. {argument!r} is not None")
-    lifecycle.request(call.ctx, call.caller, LIFECYCLE[name], view["id"], host=host,
-                      request_id=call.request_id)
+    try:
+        lifecycle.request(call.ctx, call.caller, LIFECYCLE[name], view["id"], host=host,
+                          request_id=call.request_id)
+    except HostNotFound:  # Nova's ComputeHostNotFound: the request is bad, not the URL
+        raise bad_request(f"Compute host {host} could not be found.") from None
     return Response(status_code=202)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api import policy
 from api.deps import Call, CallDep
@@ -30,6 +30,15 @@ class NewFlavor(BaseModel):
                            alias="OS-FLV-EXT-DATA:ephemeral")
     swap: int = Field(default=0, ge=0, le=2**31 - 1)
     is_public: bool = Field(default=True, alias="os-flavor-access:is_public")
+
+
+    @field_validator("vcpus", "ram", "disk", "ephemeral", "swap", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: Any) -> Any:
+        # Nova's schema: an integer or a string of digits; pydantic would take true as 1.
+        if isinstance(value, bool):
+            raise ValueError("must be an integer, not a boolean")
+        return value
 
 
 class NewFlavorBody(BaseModel):

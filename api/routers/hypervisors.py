@@ -21,14 +21,15 @@ def hypervisor_id(name: str) -> str:
     return str(uuid.uuid5(HYPERVISOR_NAMESPACE, name))
 
 
-def _summary(host: dict[str, Any]) -> dict[str, Any]:
+def _summary(host: dict[str, Any], served: set[str]) -> dict[str, Any]:
+    """`state` is Nova's service state: up while some `serve` performs the host's steps."""
     return {"id": hypervisor_id(host["name"]), "hypervisor_hostname": host["name"],
-            "state": "up", "status": "enabled"}
+            "state": "up" if host["name"] in served else "down", "status": "enabled"}
 
 
-def _detail(call: Call, host: dict[str, Any]) -> dict[str, Any]:
+def _detail(call: Call, host: dict[str, Any], served: set[str]) -> dict[str, Any]:
     return {
-        **_summary(host), "hypervisor_type": "QEMU", "hypervisor_version": 9000000,
+        **_summary(host, served), "hypervisor_type": "QEMU", "hypervisor_version": 9000000,
         "host_ip": "127.0.0.1", "cpu_info": {} if call.version.at_least("2.28") else "{}",
         "vcpus": host["vcpus"], "vcpus_used": host["vcpus_used"],
         "memory_mb": host["memory_mb"], "memory_mb_used": host["memory_mb_used"],
@@ -42,26 +43,31 @@ def _detail(call: Call, host: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _hosts(call: Call) -> list[dict[str, Any]]:
-    return queries.list_hosts(call.ctx)
+def _hosts(call: Call) -> tuple[list[dict[str, Any]], set[str]]:
+    """The hosts, and those of them some `serve` performs the steps on."""
+    hosts = queries.list_hosts(call.ctx)
+    return hosts, queries.served_hosts(call.ctx, (host["name"] for host in hosts))
 
 
 @router.get("/os-hypervisors")
 def list_hypervisors(call: CallDep) -> dict[str, Any]:
     call.authorize(policy.HYPERVISORS_LIST)
-    return {"hypervisors": [_summary(host) for host in _hosts(call)]}
+    hosts, served = _hosts(call)
+    return {"hypervisors": [_summary(host, served) for host in hosts]}
 
 
 @router.get("/os-hypervisors/detail")
 def list_hypervisors_detail(call: CallDep) -> dict[str, Any]:
     call.authorize(policy.HYPERVISORS_DETAIL)
-    return {"hypervisors": [_detail(call, host) for host in _hosts(call)]}
+    hosts, served = _hosts(call)
+    return {"hypervisors": [_detail(call, host, served) for host in hosts]}
 
 
 @router.get("/os-hypervisors/{hypervisor}")
 def show_hypervisor(call: CallDep, hypervisor: str) -> dict[str, Any]:
     call.authorize(policy.HYPERVISORS_SHOW)
-    for host in _hosts(call):
+    hosts, served = _hosts(call)
+    for host in hosts:
         if hypervisor in (hypervisor_id(host["name"]), host["name"]):
-            return {"hypervisor": _detail(call, host)}
+            return {"hypervisor": _detail(call, host, served)}
     raise not_found(f"Hypervisor with ID {hypervisor} could not be found.")

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 
 from api import views
 from api.deps import Call, CallDep
-from api.errors import not_found
+from api.errors import bad_request, not_found
 from application import queries
 from domain.errors import NotFound
 
@@ -75,7 +75,30 @@ def list_images(call: CallDep, request: Request) -> dict[str, Any]:
     images = [_glance(image, owner) for image, owner in _visible(call)
               if (name is None or image["name"] == name)
               and (wanted_ids is None or image["id"] in wanted_ids)]
-    return {"images": images, "first": "/v2/images", "schema": "/v2/schemas/images"}
+    page, more = _page(images, request.query_params.get("limit"),
+                       request.query_params.get("marker"))
+    body: dict[str, Any] = {"images": page, "first": "/v2/images",
+                            "schema": "/v2/schemas/images"}
+    if more and page:
+        body["next"] = f"/v2/images?marker={page[-1]['id']}&limit={len(page)}"
+    return body
+
+
+def _page(images: list[dict[str, Any]], limit: str | None,
+          marker: str | None) -> tuple[list[dict[str, Any]], bool]:
+    """Glance's paging: after the `marker` image, at most `limit` (400 for a bad one);
+    and whether more follow."""
+    if marker is not None:
+        ids = [image["id"] for image in images]
+        if marker not in ids:
+            raise bad_request(f"Invalid marker. Image {marker} could not be found.")
+        images = images[ids.index(marker) + 1:]
+    if limit is None:
+        return images, False
+    if not limit.isdigit():
+        raise bad_request("limit param must be an integer" if not limit.lstrip("-").isdigit()
+                          else "limit param must be positive")
+    return images[:int(limit)], len(images) > int(limit)
 
 
 @router.get("/v2/images/{image_id}")

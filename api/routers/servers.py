@@ -21,6 +21,7 @@ from domain.errors import NotFound
 
 router = APIRouter(prefix="/v2.1", tags=["servers"])
 MAX_LIMIT = 1000  # Nova's osapi_max_limit
+TRUE_STRINGS = frozenset({"1", "t", "true", "on", "y", "yes"})  # oslo's bool_from_string
 
 
 def find_server(call: Call, server_id: str) -> dict[str, Any]:
@@ -55,6 +56,7 @@ class ListParams:
     status: str | None = Query(None)
     host: str | None = Query(None, description="admin only")
     project_id: str | None = Query(None, description="with all_tenants")
+    deleted: str | None = Query(None, description="admin only: true lists deleted servers")
 
 
 def _filters(call: Call, params: ListParams, detail: bool) -> queries.InstanceFilter:
@@ -64,10 +66,14 @@ def _filters(call: Call, params: ListParams, detail: bool) -> queries.InstanceFi
         call.authorize(policy.DETAIL_ALL_TENANTS if detail else policy.INDEX_ALL_TENANTS)
         project = params.project_id
     limit = min(params.limit or MAX_LIMIT, MAX_LIMIT)  # 0 is none given, as in Nova
+    every_filter = call.allows(policy.ALLOW_ALL_FILTERS)  # else dropped, as Nova drops them
+    deleted = every_filter and params.deleted is not None and (
+        params.deleted.strip().lower() in TRUE_STRINGS)
+    status = params.status.upper() if params.status else None
     return queries.InstanceFilter(
         project_id=project, name=params.name,
-        status=params.status.upper() if params.status else None,
-        host=params.host if call.allows(policy.ALLOW_ALL_FILTERS) else None,
+        status=status or ("DELETED" if deleted else None), include_deleted=deleted,
+        host=params.host if every_filter else None,
         newest_first=True, limit=limit, marker=params.marker)
 
 
@@ -101,8 +107,19 @@ def list_servers_detail(call: CallDep, request: Request,
     call.authorize(policy.DETAIL)
     found, more = _listing(call, request, params, detail=True)
     host_attributes = call.allows(policy.SERVER_ATTRIBUTES)
+    statuses = _host_statuses(call, found)
     return {"servers": [views.server_detail(view, call.version, call.base, host_attributes,
-                                            listed=True) for view in found], **more}
+                                            listed=True, host_status=statuses.get(view["id"]))
+                        for view in found], **more}
+
+
+def _host_statuses(call: Call, found: list[dict[str, Any]]) -> dict[str, str]:
+    """Each server's host_status, for those policy lets the caller see it of (2.16)."""
+    if not call.version.at_least("2.16"):
+        return {}
+    shown = [view for view in found if call.allows(policy.HOST_STATUS, views.project_of(view))]
+    served = queries.served_hosts(call.ctx, {view["host"] for view in shown if view["host"]})
+    return {view["id"]: views.host_status(view, served) for view in shown}
 
 
 @router.get("/servers/{server_id}")
@@ -110,7 +127,9 @@ def show_server(call: CallDep, server_id: str) -> dict[str, Any]:
     view = find_server(call, server_id)
     authorize_on(call, policy.SHOW, view)
     host_attributes = call.allows(policy.SERVER_ATTRIBUTES, views.project_of(view))
-    return {"server": views.server_detail(view, call.version, call.base, host_attributes)}
+    status = _host_statuses(call, [view]).get(view["id"])
+    return {"server": views.server_detail(view, call.version, call.base, host_attributes,
+                                          host_status=status)}
 
 
 @router.delete("/servers/{server_id}", status_code=204, response_class=Response)

@@ -128,6 +128,13 @@ def test_unauthenticated_and_microversion_errors(cloud: tuple[Any, Api]) -> None
         assert below.headers["openstack-api-version"] == "compute 2.90"
         assert below.headers["x-openstack-nova-api-version"] == "2.90"
         assert "OpenStack-API-Version" in below.headers["vary"]
+    with api.client(version="2.91") as admin:
+        admin.headers["X-Auth-Token"] = "admin:admin"
+        nowhere = admin.post(f"/v2.1/servers/{server_id}/action",
+                             json={"unshelve": {"host": "no-such-host"}})
+        assert nowhere.status_code == 400  # Nova's ComputeHostNotFound, not a missing server
+        assert nowhere.json()["badRequest"]["message"] == (
+            "Compute host no-such-host could not be found.")
     with api.client(version="2.97") as too_new:
         assert too_new.get("/v2.1/servers").status_code == 406
     with api.client() as alice:

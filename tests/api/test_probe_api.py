@@ -29,6 +29,8 @@ def _flavor(name: str, **extra: object) -> dict[str, object]:
     _flavor("nul\x00"),  # Nova's name pattern refuses control characters
     _flavor("line\nbreak"),
     _flavor(" padded "),
+    _flavor("boolean", vcpus=True),  # JSON Schema's integer is not a boolean
+    _flavor("boolean-disk", disk=False),
 ])
 def test_a_flavor_id_or_name_nova_refuses_is_400_and_records_nothing(
         api: Api, body: dict[str, object]) -> None:

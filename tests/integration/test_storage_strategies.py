@@ -25,6 +25,8 @@ import pytest
 
 from adapters.images import DirectoryImageStore
 from adapters.libvirt_host import choose_storage, open_host
+from application import queries
+from application.bootstrap import Context
 from tests.conftest import node_xml
 from tests.integration.test_libvirt_host import (
     SYSTEM_URI,
@@ -213,3 +215,25 @@ def test_auto_tries_the_host_disks_directory_against_the_image_store(tmp_path: P
     test_uri = f"test://{node_xml(tmp_path / 'n.xml')}"
     assert choose_storage("h2", test_uri, data, None, data / "images", "auto") == "copy"
     assert not (data / "hosts" / "h2").exists()  # the test driver has no disk files
+    driver = open_host("h2", test_uri, data, storage="reflink")
+    try:
+        assert driver.storage.strategy == "copy"  # whatever it is told: it copies
+    finally:
+        driver.close()
+
+
+def test_host_usage_tables_of_an_older_shelf_are_replayed(store_url: str, tmp_path: Path) -> None:
+    """Tables made before hosts had a storage strategy lack its column: made anew."""
+    ctx = Context(store_url, tmp_path / "data")
+    try:
+        ctx.service.add_host("h1", "test:///default", 8, 8192, 100, "op", "req-h")
+        ctx.catch_up()
+        for table in ("host_usage", "host_usage_history"):
+            ctx.db.execute(f"ALTER TABLE {table} DROP COLUMN storage")
+    finally:
+        ctx.close()
+    later = Context(store_url, tmp_path / "data")  # a newer shelf's first command
+    try:
+        assert [(h["name"], h["storage"]) for h in queries.list_hosts(later)] == [("h1", "copy")]
+    finally:
+        later.close()

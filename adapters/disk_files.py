@@ -11,8 +11,10 @@ A host's storage strategy (`detect_strategy`):
 - `copy`: anything else (the image store on another mount, e.g. NFS): both copy.
 
 `FICLONE` is the kernel's clone ioctl (what `cp --reflink=always` calls); Python's `fcntl`
-has no constant for it, and neither libvirt (`VIR_STORAGE_VOL_CREATE_REFLINK` clones only
-within one pool, raw files) nor qemu-img clones across directories, so it is called here.
+has no constant for it. It is called here because neither library clones a qcow2: libvirt's
+`createXMLFrom` with `VIR_STORAGE_VOL_CREATE_REFLINK` from a qcow2 volume fails here with
+"unsupported flags (0x2) in function storageBackendCreateQemuImg" (its reflink is for raw
+to raw only), and qemu-img has no clone.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ ever driven by one thread of this process at a time.
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 import time
@@ -80,7 +81,7 @@ class Worker:
         self.position = 0
         self.last_timer_check = 0.0
         self.last_sweep = 0.0
-        self.last_projection = 0.0
+        self.last_projection = -math.inf  # due at once, whatever time.monotonic() reads
 
     # ---- start-up: resume what a crash left half-done ---------------------------------
 

@@ -77,6 +77,17 @@ def test_a_broken_link_leaves_the_other_name_untouched(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["disk.qcow2", "image.img"]
 
 
+def test_a_break_interrupted_by_a_crash_is_done_again_whole(tmp_path: Path) -> None:
+    disk, image = tmp_path / "disk.qcow2", tmp_path / "image.img"
+    disk.write_bytes(b"snapshot" * 1000)
+    disk_files.link_file(disk, image)
+    partial = disk_files.leftover_of_break(disk)
+    partial.write_bytes(b"snap")  # the copy a crash cut short, never renamed
+    assert disk_files.break_link(disk)
+    assert disk.read_bytes() == image.read_bytes() and not partial.exists()
+    assert disk.stat().st_ino != image.stat().st_ino
+
+
 def test_link_again_replaces_a_partial_destination(tmp_path: Path) -> None:
     disk, image = tmp_path / "disk", tmp_path / "image"
     disk.write_bytes(b"whole")

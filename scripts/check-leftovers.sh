@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What the tests may leave behind: shelf domains, pools and networks on qemu:///system,
 # DHCP entries in shelf-net, files in the default data directory (/var/lib/shelf as root)
-# and the tests' own directories under /var/tmp (libvirtd reaches test files there).
+# the tests' own directories under /var/tmp (libvirtd reaches test files there), and the
+# mounts and loop devices of the storage tests' filesystems there (tests/loopfs.py).
 #
 #   scripts/check-leftovers.sh list            print them, one a line
 #   scripts/check-leftovers.sh save FILE       remember what is there now (before the tests)
@@ -31,6 +32,9 @@ list() {
         find "$DATA_DIR" -mindepth 1 \( -type f -o -type d -empty \) | sed 's/^/file /'
     fi
     find /var/tmp -maxdepth 1 -name 'shelf-*' 2>/dev/null | sed 's/^/file /'
+    findmnt -rn -o TARGET 2>/dev/null | grep '^/var/tmp/shelf-' | sed 's/^/mount /' || true
+    losetup --noheadings --output NAME,BACK-FILE 2>/dev/null \
+        | awk '$2 ~ /^\/var\/tmp\/shelf-/ { print "loop-device " $1 " " $2 }' || true
 }
 
 case "${1:-}" in

@@ -7,7 +7,9 @@ PACKAGES=(python3-venv python3-dev gcc pkg-config libvirt-dev libvirt-daemon
   libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base
   iptables postgresql
   # scripts/build-guest-image.sh: the test guest's disk, partitions, bootloader, initramfs
-  fdisk dosfstools mtools syslinux syslinux-common e2fsprogs kmod cpio)
+  fdisk dosfstools mtools syslinux syslinux-common e2fsprogs kmod cpio
+  # tests/loopfs.py: the storage tests' loop filesystems (XFS with reflink, ext4)
+  xfsprogs util-linux mount)
 
 missing=()
 for package in "${PACKAGES[@]}"; do

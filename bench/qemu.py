@@ -6,6 +6,20 @@ is deleted, as any script must). Prints both times and `ratio = shelf / bare` la
 (orchestration adds <= 10% when the ratio is <= 1.10).
 
     python -m bench.qemu --disk-mb 512
+    python -m bench.qemu --data-dir /mnt/xfs/shelf --disk-mb 8192   # a storage strategy
+
+With `--data-dir DIR`, shelf's data directory is DIR (the filesystem to measure: the
+strategy shelf picks for it is printed, see README's "Where to put the data directory")
+and the bare side keeps its disk in `DIR/hosts/` and its snapshot in `DIR/images/`, so
+that both copy between the same filesystems. The storage part (the steps that copy,
+clone or delete disks: Snapshot, Destroy, Spawn, DeleteImage) is printed apart.
+
+The data is real: M MB of a non-zero pattern written by qemu-io into the image (after
+the guest's partitions), so the instance's disk, spawned from it, holds M MB of
+allocated clusters that a copy must read and write (`qemu-img convert` skips only
+unallocated or zero clusters); a clone shares them instead. Each of the 1 GiB writes
+lands in few extents: a long-lived disk written piecemeal has many more, which a clone
+pays for (per extent) and a copy does not.
 
 The guest is the tests' real Linux guest (bench/guest_image.py) under TCG, with the data
 written after its partitions. Both sides ask it for a clean (ACPI) shutdown and wait for
@@ -67,14 +81,21 @@ def make_image(folder: Path, disk_mb: int) -> Path:
     return image
 
 
+def disk_gb_for(disk_mb: int) -> int:
+    """The flavor's disk: room for the guest's partitions and the data."""
+    return -(-(GUEST_MB + disk_mb) // 1024)
+
+
 class ShelfSide:
-    def __init__(self, image: Path) -> None:
+    def __init__(self, image: Path, disk_mb: int, data_dir: Path | None) -> None:
         self.root = tmp_dir("shelf-bench-qemu-")
+        self.data_dir = data_dir or self.root / "data"
         self.env = {**os.environ, "SHELF_STORE": f"sqlite:///{self.root}/shelf.db",
-                    "SHELF_DATA_DIR": str(self.root / "data"), "SHELF_LOG_LEVEL": "warning"}
+                    "SHELF_DATA_DIR": str(self.data_dir), "SHELF_LOG_LEVEL": "warning"}
         self.host = f"bench-{uuid.uuid4().hex[:6]}"
-        self.shelf("host", "add", self.host, "--uri", URI, "--vcpus", "2",
-                   "--memory-mb", "1024", "--disk-gb", "20", "--virt-type", "qemu")
+        self.disk_gb = disk_gb_for(disk_mb)
+        self.shelf("host", "add", self.host, "--uri", URI, "--vcpus", "2", "--memory-mb",
+                   "1024", "--disk-gb", str(self.disk_gb + 10), "--virt-type", "qemu")
         self.shelf("image", "import", "base", str(image))
         with open(self.root / "serve.log", "ab") as log:  # serve's 60 s clean shutdown
             self.serve = subprocess.Popen([SHELF, "serve"], env=self.env,
@@ -89,9 +110,9 @@ class ShelfSide:
 
     def cycle(self) -> float:
         instance_id = self.shelf("boot", "vm1", "--host", self.host, "--vcpus", "1",
-                                 "--memory-mb", str(MEMORY_MB), "--disk-gb", "1", "--image",
-                                 "base", "--wait").strip()
-        console = self.root / "data" / "hosts" / self.host / "console" / f"{instance_id}.log"
+                                 "--memory-mb", str(MEMORY_MB), "--disk-gb", str(self.disk_gb),
+                                 "--image", "base", "--wait").strip()
+        console = self.data_dir / "hosts" / self.host / "console" / f"{instance_id}.log"
         wait_for_console(console, BOUND_LINE)  # up, and listening for the power button
         drop_page_cache()
         started = time.monotonic()
@@ -102,6 +123,10 @@ class ShelfSide:
         wait_for_console(console, BOUND_LINE)  # the log of the new domain
         self.guest_seconds["guest: bound after unshelve"] = time.monotonic() - unshelving
         return total
+
+    def strategy(self) -> str:
+        [row] = json.loads(self.shelf("host", "list", "--json"))
+        return str(row.get("storage", "(not reported by host list)"))
 
     def step_seconds(self) -> dict[str, float]:
         """Where serve spent the time: each step of the shelve and the unshelve, from the
@@ -126,18 +151,36 @@ class ShelfSide:
         finally:  # a failed run leaves nothing behind either
             self.serve.terminate()
             self.serve.wait(timeout=60)
+            if self.data_dir != self.root / "data":  # not ours: only what this run made
+                self._remove_own_files()
             _drop_pools(self.root)
             shutil.rmtree(self.root, ignore_errors=True)
+
+    def _remove_own_files(self) -> None:
+        """This run's host directory, and its images (shelf has no image delete yet)."""
+        own = self.data_dir / "hosts" / self.host
+        _drop_pools(own)
+        shutil.rmtree(own, ignore_errors=True)
+        for image in json.loads(self.shelf("image", "list", "--json")):
+            for path in (self.data_dir / "images").glob(f"{image['id']}.*"):
+                path.unlink()
 
 
 class BareSide:
     """What an operator's script would do: define, destroy, qemu-img convert, undefine."""
 
-    def __init__(self, image: Path) -> None:
+    def __init__(self, image: Path, data_dir: Path | None) -> None:
         self.root = tmp_dir("shelf-bench-bare-qemu-")
         self.conn = libvirt.open(URI)
         self.image, self.disk = image, self.root / "disk.qcow2"
         self.snapshot = self.root / "snapshot.qcow2"
+        self.own: list[Path] = []  # what it made in the data directory
+        if data_dir is not None:  # the disk where shelf's disks are, the snapshot in images/
+            name = f"bare-{uuid.uuid4().hex[:6]}"
+            self.own = [data_dir / "hosts" / name, data_dir / "images" / f"{name}.qcow2"]
+            for folder in (self.own[0], self.own[1].parent):
+                folder.mkdir(parents=True, exist_ok=True)
+            self.disk, self.snapshot = self.own[0] / "disk.qcow2", self.own[1]
         self.spec = DomainSpec(instance_id=str(uuid.uuid4()), name="bare", vcpus=1,
                                memory_mb=MEMORY_MB, disk_gb=1, mac="52:54:00:d5:ff:fe",
                                ip="10.213.255.254")
@@ -158,8 +201,11 @@ class BareSide:
                        | libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG)
 
     def _spawn(self, source: Path) -> None:
-        self._convert(source, self.disk)
         self._dhcp(libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST)
+        self._start_from(source)
+
+    def _start_from(self, source: Path) -> None:
+        self._convert(source, self.disk)
         self.conn.defineXML(self.xml).create()
 
     def cycle(self) -> float:
@@ -175,7 +221,9 @@ class BareSide:
         self._timed("Destroy", lambda: self._undefine(domain))
         seen = len(console_text(self.console))  # the log is appended to, boot after boot
         unshelving = time.monotonic()
-        self._timed("Spawn+SetupNetwork", lambda: self._spawn(self.snapshot))  # unshelve
+        self._timed("SetupNetwork",  # the unshelve
+                    lambda: self._dhcp(libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST))
+        self._timed("Spawn", lambda: self._start_from(self.snapshot))
         self._timed("DeleteImage", self.snapshot.unlink)
         total = time.monotonic() - started
         wait_for_console(self.console, BOUND_LINE, seen)
@@ -214,6 +262,11 @@ class BareSide:
         finally:
             self.conn.close()
             shutil.rmtree(self.root, ignore_errors=True)
+            for path in self.own:
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
 
 
 def _clean_shutdown(domain: libvirt.virDomain, timeout: float = 60) -> None:
@@ -227,15 +280,25 @@ def _clean_shutdown(domain: libvirt.virDomain, timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
+def _pool_names() -> frozenset[str]:
+    conn = libvirt.open(URI)
+    try:
+        return frozenset(pool.name() for pool in conn.listAllStoragePools())
+    finally:
+        conn.close()
+
+
 def _moment(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
 
 
-def _drop_pools(root: Path) -> None:
+def _drop_pools(root: Path, keep: frozenset[str] = frozenset()) -> None:
+    """Destroy (and undefine) the pools that serve `root` or a directory in it, but those
+    named in `keep` (there before the bench)."""
     conn = libvirt.open(URI)
     try:
         for pool in conn.listAllStoragePools():
-            if str(root) in pool.XMLDesc():
+            if str(root) in pool.XMLDesc() and pool.name() not in keep:
                 persistent = pool.isPersistent()
                 if pool.isActive():
                     pool.destroy()
@@ -245,16 +308,30 @@ def _drop_pools(root: Path) -> None:
         conn.close()
 
 
-def shelf_run(image: Path) -> tuple[float, dict[str, float]]:
-    shelf = ShelfSide(image)  # it defines shelf-net if this libvirtd has none
+STORAGE_STEPS = ("shelve: Snapshot", "shelve: Destroy", "unshelve: Spawn",
+                 "unshelve: DeleteImage")
+BARE_STORAGE_STEPS = ("Snapshot", "Destroy", "Spawn", "DeleteImage")
+STRATEGY: dict[str, str] = {}  # what shelf picked for the data directory, once known
+
+
+def storage_part(steps: dict[str, float], names: tuple[str, ...]) -> float:
+    return sum(steps[name] for name in names)
+
+
+def shelf_run(image: Path, disk_mb: int, data_dir: Path | None,
+              ) -> tuple[float, dict[str, float]]:
+    shelf = ShelfSide(image, disk_mb, data_dir)  # it defines shelf-net if libvirtd has none
     try:
+        if not STRATEGY:
+            STRATEGY["shelf"] = shelf.strategy()
+            print(f"storage strategy: {STRATEGY['shelf']}")
         return shelf.cycle(), shelf.step_seconds()
     finally:
         shelf.close()
 
 
-def bare_run(image: Path) -> tuple[float, dict[str, float]]:
-    bare = BareSide(image)
+def bare_run(image: Path, data_dir: Path | None) -> tuple[float, dict[str, float]]:
+    bare = BareSide(image, data_dir)
     try:
         return bare.cycle(), bare.spent
     finally:
@@ -266,19 +343,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--disk-mb", type=int, default=512)
     parser.add_argument("--runs", type=int, default=3,
                         help="pairs of runs, alternating which side goes first (3)")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="shelf's data directory, on the filesystem to measure "
+                             "(default: a fresh one under /var/tmp)")
     args = parser.parse_args(argv)
     folder = tmp_dir("shelf-bench-image-")
     ratios: list[float] = []
+    storage: list[tuple[float, float]] = []
+    STRATEGY.clear()
+    pools_before = _pool_names()
     try:
         image = make_image(folder, args.disk_mb)
-        print(f"# bench/qemu, {args.disk_mb} MB of data, {machine()}")
+        where = f", data in {args.data_dir}" if args.data_dir else ""
+        print(f"# bench/qemu, {args.disk_mb} MB of data{where}, {machine()}")
         for run in range(args.runs):
             if run % 2 == 0:
                 (shelf_seconds, steps), (bare_seconds, bare_steps) = (
-                    shelf_run(image), bare_run(image))
+                    shelf_run(image, args.disk_mb, args.data_dir),
+                    bare_run(image, args.data_dir))
             else:
                 (bare_seconds, bare_steps), (shelf_seconds, steps) = (
-                    bare_run(image), shelf_run(image))
+                    bare_run(image, args.data_dir),
+                    shelf_run(image, args.disk_mb, args.data_dir))
             print(f"run {run + 1}")
             for step, seconds in steps.items():
                 figure(f"  {step}", seconds, "s")
@@ -288,8 +374,18 @@ def main(argv: list[str] | None = None) -> int:
             figure("bare shelve+unshelve", bare_seconds, "s")
             ratios.append(shelf_seconds / bare_seconds)
             figure("ratio of this run", ratios[-1])
+            storage.append((storage_part(steps, STORAGE_STEPS),
+                            storage_part(bare_steps, BARE_STORAGE_STEPS)))
+            figure("storage part, shelf", storage[-1][0], "s")
+            figure("storage part, bare", storage[-1][1], "s")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+        if args.data_dir is not None:  # the image store's pool, made by the runs
+            _drop_pools(args.data_dir, keep=pools_before)
+    print(f"strategy {STRATEGY.get('shelf')}: storage part of shelve+unshelve, median run "
+          "(Snapshot, Destroy, Spawn, DeleteImage)")
+    figure("  shelf", median([shelf for shelf, _ in storage]), "s")
+    figure("  bare", median([bare for _, bare in storage]), "s")
     print(f"ratio = {median(ratios):.3f}")  # the median run: disk I/O varies run to run
     return 0
 

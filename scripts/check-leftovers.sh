@@ -2,7 +2,7 @@
 # What the tests may leave behind: shelf domains, pools and networks on qemu:///system,
 # DHCP entries in shelf-net, files in the default data directory (/var/lib/shelf as root)
 # the tests' own directories under /var/tmp (libvirtd reaches test files there), and the
-# mounts and loop devices of the storage tests' filesystems there (tests/loopfs.py).
+# mounts and loop devices of the storage tests' filesystems there (bench/loopfs.py).
 #
 #   scripts/check-leftovers.sh list            print them, one a line
 #   scripts/check-leftovers.sh save FILE       remember what is there now (before the tests)

@@ -8,7 +8,7 @@ PACKAGES=(python3-venv python3-dev gcc pkg-config libvirt-dev libvirt-daemon
   iptables postgresql
   # scripts/build-guest-image.sh: the test guest's disk, partitions, bootloader, initramfs
   fdisk dosfstools mtools syslinux syslinux-common e2fsprogs kmod cpio
-  # tests/loopfs.py: the storage tests' loop filesystems (XFS with reflink, ext4)
+  # bench/loopfs.py: the storage tests' loop filesystems (XFS with reflink, ext4)
   xfsprogs util-linux mount)
 
 missing=()

@@ -4,10 +4,13 @@ each prints its figures and its ratio last, as docs/benchmarks.md says."""
 from __future__ import annotations
 
 import re
+import shutil
 
 import pytest
 
 from bench import api, audit, fleet, lifecycle, qemu, replay
+from bench.common import tmp_dir
+from bench.loopfs import data_dir_layout, missing_tools
 from tests.e2e.test_qemu import _require_libvirtd
 
 RATIO = re.compile(r"^ratio = \d+\.\d{3}$")
@@ -73,3 +76,23 @@ def test_api_bench(store: str, request: pytest.FixtureRequest,
 def test_qemu_bench(capsys: pytest.CaptureFixture[str]) -> None:
     _require_libvirtd()
     run(qemu.main, ["--disk-mb", "16", "--runs", "1"], capsys)
+
+
+@pytest.mark.e2e
+def test_qemu_bench_on_a_data_dir_that_clones(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--data-dir` on an XFS (reflink=1) of the test's own: the bench names the strategy
+    shelf picked there and prints the storage part apart."""
+    _require_libvirtd()
+    assert missing_tools() == [], "scripts/install-system.sh installs them"
+    root = tmp_dir("shelf-bench-xfs-")
+    try:
+        with data_dir_layout("reflink", root, root / "data", 512) as data_dir:
+            lines = run(qemu.main, ["--disk-mb", "16", "--runs", "1",
+                                    "--data-dir", str(data_dir)], capsys)
+            left = sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*")
+                          if p.is_file())
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    assert "storage strategy: reflink" in lines
+    assert any(line.startswith("storage part, shelf") for line in lines)
+    assert not [name for name in left if name.startswith(("hosts/", "images/"))], left

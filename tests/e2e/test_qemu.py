@@ -19,9 +19,9 @@ from typing import Any
 import libvirt
 import pytest
 
+from bench.loopfs import data_dir_layout, missing_tools
 from tests.crash.test_crash_matrix import SHELVE_EVENTS, UNSHELVE_OFFLOADED_EVENTS
 from tests.e2e.cleanup import remove_test_artifacts
-from tests.loopfs import data_dir_layout, missing_tools
 
 pytestmark = pytest.mark.e2e
 
@@ -118,7 +118,7 @@ def cloud(store_url: str) -> Iterator[Cloud]:
 def cloud_on(store: str, layout: str | None = None, fs_mb: int = 512) -> Iterator[Cloud]:
     """A Cloud with its host and the `base` image; its data directory on the machine's own
     filesystem, or on loop filesystems of its own laid out for a storage strategy
-    (tests/loopfs.py). Whatever happens, it leaves nothing behind: `serve`, domains, DHCP
+    (bench/loopfs.py). Whatever happens, it leaves nothing behind: `serve`, domains, DHCP
     entries and pools go first (no qemu keeps a disk open, no pool points into a mount
     that is gone), then the mounts and their loop devices, then the files."""
     _require_libvirtd()

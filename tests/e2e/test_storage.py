@@ -1,5 +1,5 @@
 """Each storage strategy end to end on qemu:///system (issue 19): the data directory on
-loop filesystems of the test's own (tests/loopfs.py) — XFS with reflink (`reflink`), ext4
+loop filesystems of the test's own (bench/loopfs.py) — XFS with reflink (`reflink`), ext4
 (`link`), and the image store on a second filesystem (`copy`) — and real qemu guests
 (blank disks sitting in the BIOS: enough to move disks around, see field-notes.md).
 
@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
+from bench.loopfs import LAYOUTS
 from tests.e2e.test_qemu import PATTERN_A, PATTERN_B, Cloud, assert_pattern, cloud_on, qemu_io
-from tests.loopfs import LAYOUTS
 
 pytestmark = pytest.mark.e2e
 

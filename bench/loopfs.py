@@ -1,6 +1,11 @@
 """Filesystems of a test's (or a bench's) own: a sparse file, formatted, loop-mounted; then
 unmounted, its loop device detached and the file removed, even when the test failed.
 
+For a bench, around a command (`{}` in it is the data directory), as root:
+
+    python -m bench.loopfs --layout reflink --size-mb 40960 -- \
+        python -m bench.qemu --data-dir {} --disk-mb 8192
+
 Three layouts of a shelf data directory, one per storage strategy (issue 19):
 - `reflink`: the whole data directory on XFS made with `-m reflink=1`;
 - `link`: the whole data directory on ext4 (hard links, no reflink);
@@ -12,12 +17,16 @@ Needs root, `losetup`/`mount` (util-linux, mount: in every Debian) and `mkfs.xfs
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from bench.common import tmp_dir
 
 LAYOUTS = ("reflink", "link", "copy")
 MKFS = {"xfs": ["mkfs.xfs", "-q", "-m", "reflink=1"], "ext4": ["mkfs.ext4", "-q", "-F"]}
@@ -88,3 +97,32 @@ def data_dir_layout(layout: str, root: Path, data_dir: Path, size_mb: int,
             stack.enter_context(loop_filesystem(root / "copy-images.fs", data_dir / "images",
                                                 "xfs", images))
         yield data_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layout", choices=LAYOUTS, required=True)
+    parser.add_argument("--size-mb", type=int, required=True,
+                        help="the data directory's filesystem (a sparse file)")
+    parser.add_argument("--images-mb", type=int, default=None,
+                        help="the copy layout's images/ filesystem (default: --size-mb)")
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("a command to run is required (after --)")
+    if missing := missing_tools():
+        raise SystemExit(f"loopfs: missing {', '.join(missing)} (scripts/install-system.sh)")
+    root = tmp_dir("shelf-loopfs-")
+    try:
+        with data_dir_layout(args.layout, root, root / "data", args.size_mb,
+                             args.images_mb) as data_dir:
+            argv_ = [part.replace("{}", str(data_dir)) for part in command]
+            return subprocess.run(argv_).returncode
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

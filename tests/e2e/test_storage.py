@@ -21,6 +21,15 @@ from typing import Any
 
 import pytest
 
+from bench.guest_image import (
+    BOOT_LINE,
+    BOUND_LINE,
+    MEMORY_MB,
+    GuestImages,
+    boot_count,
+    console_text,
+    wait_for_console,
+)
 from bench.loopfs import LAYOUTS
 from tests.e2e.test_qemu import PATTERN_A, PATTERN_B, Cloud, assert_pattern, cloud_on, qemu_io
 
@@ -28,6 +37,7 @@ pytestmark = pytest.mark.e2e
 
 PATTERN_C = ("0x3c", 8 * 1024 * 1024)  # the second instance's own data
 SERVE_OPTIONS = ("--shutdown-timeout", "3", "--shutdown-retry-interval", "1")
+KEEP_SHELVED = ("--shelved-offload-time", "-1")
 
 
 class StorageCloud:
@@ -149,7 +159,7 @@ def test_shelve_then_unshelve_on_another_host_after_a_failed_spawn(
 def test_unshelve_in_place_leaves_no_image_behind(storage: StorageCloud) -> None:
     cloud = storage.cloud
     base_hash = sha256(storage.image_of("base"))
-    storage.restart_serving("", "--shelved-offload-time", "-1")  # shelved, not offloaded
+    storage.restart_serving("", *KEEP_SHELVED)  # shelved, not offloaded
     instance_id = storage.boot_stopped("vm1", PATTERN_B)
     cloud.shelf("shelve", "vm1", "--wait")
     vm = cloud.show("vm1")
@@ -224,3 +234,38 @@ def test_storage_copy_is_kept_on_a_filesystem_that_could_clone(tmp_path: Path) -
         image = cloud.image_file(cloud.show("vm1")["shelved_image_id"])
         assert_pattern(image, PATTERN_A)
         assert not shares_extents(image)
+
+
+def test_a_guest_running_again_on_its_shelved_disk_leaves_the_image_as_it_was(
+    storage: StorageCloud, guest: GuestImages,
+) -> None:
+    """The real guest (it counts its boots on its root filesystem) shelved in place, then
+    an unshelve in place that fails after PowerOn: the guest boots again and writes its
+    disk, while the image must stay the snapshot (a hard link to that disk would not)."""
+    cloud = storage.cloud
+    tcg = f"{cloud.host}-tcg"  # this machine's /dev/kvm can't run a stock kernel
+    cloud.shelf("host", "add", tcg, "--uri", "qemu:///system", "--virt-type", "qemu",
+                "--vcpus", "2", "--memory-mb", "1024", "--disk-gb", "5")
+    cloud.shelf("image", "import", "guest", str(guest.listens))
+    cloud.serve(options=KEEP_SHELVED)
+    instance_id = cloud.shelf("boot", "vm1", "--host", tcg, "--vcpus", "1", "--memory-mb",
+                              str(MEMORY_MB), "--disk-gb", "1", "--image", "guest",
+                              "--wait").stdout.strip()
+    console = storage.data / "hosts" / tcg / "console" / f"{instance_id}.log"
+    wait_for_console(console, BOUND_LINE)
+    cloud.shelf("shelve", "vm1", "--wait")  # a clean shutdown: boot 1 is on the disk
+    image = cloud.image_file(cloud.show("vm1")["shelved_image_id"])
+    image_hash = sha256(image)
+    assert boot_count(image) == 1
+
+    storage.restart_serving("after:PowerOn=error", *KEEP_SHELVED)
+    seen = len(console_text(console))
+    assert cloud.shelf("unshelve", "vm1", "--wait", check=False).returncode == 1
+    assert wait_for_console(console, BOOT_LINE, seen) == "2"  # it runs, and wrote its disk
+    wait_for_console(console, BOUND_LINE, seen)
+    assert cloud.show("vm1")["vm_state"] == "shelved"
+    assert sha256(image) == image_hash
+
+    storage.restart_serving("", *KEEP_SHELVED)
+    cloud.shelf("unshelve", "vm1", "--wait")
+    assert cloud.show("vm1")["vm_state"] == "active" and not image.exists()

@@ -5,10 +5,13 @@ A host's storage strategy (`detect_strategy`):
 - `reflink`: its disks directory and the image store are on one filesystem, and a trial
   `FICLONE` between them succeeded (XFS with `reflink=1`, btrfs): a snapshot and a spawn
   from an image are copy-on-write clones, independent files made in constant time;
-- `link`: one filesystem without reflink (ext4): a snapshot is a hard link to the
+- `link`: one filesystem without reflink (ext4), and a trial hard link between them
+  succeeded (a bind mount of the same filesystem refuses it): a snapshot is a hard link to the
   powered-off disk, and the disk's own link is broken (`break_link`: the disk is replaced
   by a copy, the image keeps the inode) before its domain runs again; a spawn copies;
 - `copy`: anything else (the image store on another mount, e.g. NFS): both copy.
+
+Every file made here is created mode 0600 (`_create_new`), as libvirt makes its volumes.
 
 `FICLONE` is the kernel's clone ioctl (what `cp --reflink=always` calls); Python's `fcntl`
 has no constant for it. It is called here because neither library clones a qcow2: libvirt's
@@ -19,11 +22,13 @@ to raw only), and qemu-img has no clone.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import subprocess
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from adapters.images import fsync_path
@@ -34,47 +39,106 @@ log = get_logger()
 FICLONE = 0x40049409  # _IOW(0x94, 9, int), linux/fs.h
 REFLINK, LINK, COPY = "reflink", "link", "copy"
 PROBE_PREFIX = ".shelf-reflink-probe-"
+PRIVATE_MODE = 0o600
 
 
 class DiskFileError(Exception):
     """A disk file operation failed; the message is one line."""
 
 
-def detect_strategy(disks_dir: Path, images_dir: Path) -> str:
-    """reflink, link or copy for a host whose disks live in `disks_dir` (both exist)."""
+def detect_strategy(disks_dir: Path, images_dir: Path, tag: str | None = None) -> str:
+    """reflink, link or copy for a host whose disks live in `disks_dir` (both exist), by
+    trying each once: a clone, else a hard link, of a probe file from the disks directory
+    into the image store (a bind mount of the same filesystem refuses both, EXDEV). Only
+    an error that means "not supported here" moves on to the next; any other (no space, no
+    permission, a read-only filesystem) raises DiskFileError: the directories are not fit
+    for disks, and recording a strategy from that would be a guess. `tag` (the store's)
+    names the probe files, so that one a killed `host add` left is provably ours."""
     if disks_dir.stat().st_dev != images_dir.stat().st_dev:
         return COPY
-    return REFLINK if _can_clone(disks_dir, images_dir) else LINK
-
-
-def _can_clone(disks_dir: Path, images_dir: Path) -> bool:
-    """One trial clone of a small file from the disks directory into the image store."""
-    name = f"{PROBE_PREFIX}{uuid.uuid4()}"
-    source, clone = disks_dir / name, images_dir / name
+    name = f"{PROBE_PREFIX}{tag}-{uuid.uuid4()}" if tag else f"{PROBE_PREFIX}{uuid.uuid4()}"
+    source, dest = disks_dir / name, images_dir / name
+    where = f"from {disks_dir} to {images_dir}"
     try:
-        source.write_bytes(b"shelf reflink probe\n")
-        clone_file(source, clone)
-    except (OSError, DiskFileError) as exc:
-        log.info("reflink not available", disks=str(disks_dir), images=str(images_dir),
-                 reason=str(exc))
-        return False
+        _checked(lambda: _write_new(source, b"shelf storage probe\n"), "write", where, frozenset())
+        if _checked(lambda: _clone_new(source, dest), "clone", where, CLONE_UNSUPPORTED):
+            return REFLINK
+        if _checked(lambda: os.link(source, dest), "link", where, LINK_UNSUPPORTED):
+            return LINK
+        return COPY
     finally:
-        clone.unlink(missing_ok=True)
-        source.unlink(missing_ok=True)
+        _remove(dest)
+        _remove(source)
+
+
+# What FICLONE and link(2) answer when the filesystem (or the pair of mounts) can't do it:
+# measured here, ext4 and tmpfs: FICLONE EOPNOTSUPP; a bind mount of the same filesystem:
+# link EXDEV (clone EXDEV on XFS). EINVAL and ENOTTY are what older kernels and filesystems
+# without the ioctl answer; EPERM is link(2)'s "this filesystem has no hard links".
+CLONE_UNSUPPORTED = frozenset({errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY})
+LINK_UNSUPPORTED = frozenset({errno.EOPNOTSUPP, errno.EXDEV, errno.EPERM})
+
+
+def _checked(
+    attempt: Callable[[], object], what: str, where: str, unsupported: frozenset[int]
+) -> bool:
+    """Whether the attempt worked; False if the filesystem doesn't support it."""
+    try:
+        attempt()
+    except OSError as exc:
+        if exc.errno in unsupported:
+            log.info(f"{what} not supported", where=where, reason=exc.strerror)
+            return False
+        raise DiskFileError(f"{what} a probe file {where}: {exc.strerror or exc}") from exc
     return True
 
 
+def _remove(path: Path) -> None:
+    """path gone (a read-only filesystem answers EROFS even for a file that isn't there)."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        if path.exists():
+            raise
+
+
+def _create_new(path: Path) -> int:
+    """A new file, readable by its owner only (what libvirt gives the volumes it makes):
+    never a wider mode, whatever the umask. Fails if path exists."""
+    return os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, PRIVATE_MODE)
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    fd = _create_new(path)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _clone_new(source: Path, dest: Path) -> None:
+    """dest (absent) made a clone of source; raises OSError, leaving nothing at dest."""
+    fd = _create_new(dest)
+    try:
+        with source.open("rb") as src:
+            fcntl.ioctl(fd, FICLONE, src.fileno())
+        os.fsync(fd)
+    except OSError:
+        dest.unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(fd)
+
+
 def clone_file(source: Path, dest: Path) -> None:
-    """dest becomes a copy-on-write clone of source (made anew: an old dest is replaced).
-    Raises DiskFileError when the filesystem can't clone (then nothing is left at dest)."""
+    """dest becomes a copy-on-write clone of source (made anew: an old dest is replaced),
+    mode 0600. Raises DiskFileError when the filesystem can't clone (then nothing is left
+    at dest)."""
     dest.unlink(missing_ok=True)
-    with source.open("rb") as src, dest.open("xb") as out:
-        try:
-            fcntl.ioctl(out.fileno(), FICLONE, src.fileno())
-            os.fsync(out.fileno())
-        except OSError as exc:
-            dest.unlink(missing_ok=True)
-            raise DiskFileError(f"clone {source} to {dest}: {exc.strerror or exc}") from exc
+    try:
+        _clone_new(source, dest)
+    except OSError as exc:
+        raise DiskFileError(f"clone {source} to {dest}: {exc.strerror or exc}") from exc
 
 
 def link_file(source: Path, dest: Path) -> None:
@@ -90,6 +154,7 @@ def link_file(source: Path, dest: Path) -> None:
 def copy_file(source: Path, dest: Path) -> None:
     """dest becomes a byte-for-byte copy of source, holes kept, mode and owner too."""
     dest.unlink(missing_ok=True)
+    os.close(_create_new(dest))  # cp writes into it: never readable by others meanwhile
     done = subprocess.run(
         ["cp", "--sparse=always", "--preserve=mode,ownership", "--", str(source), str(dest)],
         capture_output=True, text=True, check=False)
@@ -141,6 +206,7 @@ def flatten(source: Path, dest: Path) -> None:
     `-m 16` gained nothing clear either. (A first, noisier run under load seemed to
     favour `-W`; it did not repeat.) So the plain command, as an operator would type it."""
     dest.unlink(missing_ok=True)  # a partial copy from a crash is never kept
+    os.close(_create_new(dest))  # qemu-img keeps an existing file's mode: 0600 from birth
     done = subprocess.run(
         ["qemu-img", "convert", "-f", "qcow2", "-O", "qcow2", str(source), str(dest)],
         capture_output=True, text=True, check=False)

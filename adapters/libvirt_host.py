@@ -47,18 +47,29 @@ def open_host(
     return LibvirtHost(name, uri, data_dir, bounds, virt_type, mark, storage)
 
 
+def is_local(uri: str) -> bool:
+    """A libvirtd on this machine (`qemu:///…`, `qemu+unix:///…`): its disks directory is
+    the one this process sees under SHELF_DATA_DIR."""
+    scheme, _, rest = uri.partition(":")
+    driver, _, transport = scheme.partition("+")
+    return driver == "qemu" and transport in ("", "unix") and rest.startswith("///")
+
+
 def choose_storage(
     name: str, uri: str, data_dir: Path, mark: StoreMark | None, images_dir: Path, mode: str,
 ) -> str:
     """The storage strategy for a host being added: prepares its disks directory (the
-    image store's exists) and tries them (`disk_files.detect_strategy`); `copy` when
-    `mode` is copy, and for the test driver, which has no disk files to link or clone."""
-    if mode == COPY or is_test_driver(uri):
+    image store's exists) and tries them (`disk_files.detect_strategy`, which raises
+    DiskFileError when they are not fit for disks at all). `copy` when `mode` is copy;
+    for the test driver, which has no disk files to link or clone; and for a remote
+    libvirtd (`qemu+ssh://…`, `qemu+tcp://…`), whose disks live on its machine, where
+    nothing this process could try says anything about them."""
+    if mode == COPY or is_test_driver(uri) or not is_local(uri):
         return COPY
     disks_dir, _pool = disks_pool_for(name, data_dir, mark)
     disks_dir.mkdir(parents=True, exist_ok=True)
     images_dir.mkdir(parents=True, exist_ok=True)
-    return detect_strategy(disks_dir, images_dir)
+    return detect_strategy(disks_dir, images_dir, mark.tag if mark else None)
 
 
 class LibvirtHosts:

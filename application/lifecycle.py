@@ -62,10 +62,13 @@ def add_host(
 
 
 def _storage(ctx: Context, name: str, uri: str, mode: str) -> str:
+    from adapters.disk_files import DiskFileError
     from adapters.libvirt_host import choose_storage  # libvirt loads only when needed
 
     try:
         return choose_storage(name, uri, ctx.data_dir, ctx.identify(), ctx.images.root, mode)
+    except DiskFileError as error:  # a probe the filesystem refused for another reason
+        raise ShelfError(f"host {name}: try its storage: {error}") from None
     except OSError as error:  # e.g. a data directory it may not write: one line
         raise ShelfError(f"host {name}: prepare its disks directory: "
                          f"{error.strerror or error}: {error.filename}") from None

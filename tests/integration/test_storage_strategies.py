@@ -23,6 +23,7 @@ from typing import Any
 import libvirt
 import pytest
 
+from adapters.disk_files import DiskFileError, clone_file
 from adapters.images import DirectoryImageStore
 from adapters.libvirt_host import choose_storage, open_host
 from application import queries
@@ -220,6 +221,59 @@ def test_auto_tries_the_host_disks_directory_against_the_image_store(tmp_path: P
         assert driver.storage.strategy == "copy"  # whatever it is told: it copies
     finally:
         driver.close()
+
+
+@contextlib.contextmanager
+def bind_mount(source: Path, target: Path, *, read_only: bool = False) -> Iterator[Path]:
+    """source mounted again at target: the same filesystem (same st_dev), another mount."""
+    if os.geteuid() != 0:
+        _unavailable("root is needed for a bind mount")
+    target.mkdir(parents=True)
+    subprocess.run(["mount", "--bind", str(source), str(target)], check=True)
+    try:
+        if read_only:
+            subprocess.run(["mount", "-o", "remount,bind,ro", str(target)], check=True)
+        yield target
+    finally:
+        subprocess.run(["umount", str(target)], check=True)
+
+
+def test_an_image_store_bound_from_the_same_filesystem_is_copy(tmp_path: Path) -> None:
+    """A bind mount shares st_dev with its source, but link(2) and FICLONE across mounts
+    fail (EXDEV): only copying works, so the host is recorded copy, not link."""
+    data, elsewhere = tmp_path / "data", tmp_path / "images-elsewhere"
+    elsewhere.mkdir()
+    with bind_mount(elsewhere, data / "images") as images:
+        assert images.stat().st_dev == (tmp_path / "data").stat().st_dev
+        assert choose_storage("h1", SYSTEM_URI, data, None, images, "auto") == "copy"
+        assert list(images.iterdir()) == []
+    assert list((data / "hosts" / "h1" / "disks").iterdir()) == []  # probes removed
+
+
+def test_a_probe_refused_for_another_reason_fails_in_one_line(tmp_path: Path) -> None:
+    """A read-only image store (EROFS) is no "reflink not supported": nothing is recorded."""
+    data, elsewhere = tmp_path / "data", tmp_path / "images-elsewhere"
+    (data / "hosts").mkdir(parents=True)
+    elsewhere.mkdir()
+    with (bind_mount(elsewhere, data / "images", read_only=True) as images,
+          pytest.raises(DiskFileError, match="Read-only file system") as raised):
+        choose_storage("h1", SYSTEM_URI, data, None, images, "auto")
+    assert len(str(raised.value).splitlines()) == 1
+    assert list((data / "hosts" / "h1" / "disks").iterdir()) == []
+
+
+def test_a_clone_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    with xfs_with_reflink(tmp_path) as mount:
+        source = mount / "disk.qcow2"
+        source.write_bytes(b"disk" * 1024)
+        source.chmod(0o644)
+        old = os.umask(0o022)
+        try:
+            clone_file(source, mount / "image.img")
+        finally:
+            os.umask(old)
+        assert oct((mount / "image.img").stat().st_mode & 0o777) == "0o600"
+        assert (mount / "image.img").read_bytes() == source.read_bytes()
 
 
 def test_host_usage_tables_of_an_older_shelf_are_replayed(store_url: str, tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import pytest
 
 from adapters import disk_files
 from adapters.disk_files import COPY, LINK, DiskFileError
+from adapters.libvirt_host import choose_storage, is_local
 
 
 def digest(path: Path) -> str:
@@ -133,3 +134,27 @@ def test_flatten_writes_a_standalone_copy_of_an_overlay(tmp_path: Path) -> None:
     assert "Pattern verification failed" not in done.stdout
     os.unlink(base)
     assert disk_files.standalone_qcow2(flat)  # it needs the base no more
+
+
+def test_a_flattened_snapshot_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    disk = qcow2(tmp_path / "disk.qcow2")
+    old = os.umask(0o022)
+    try:
+        disk_files.flatten(disk, tmp_path / "image.img")
+    finally:
+        os.umask(old)
+    assert oct((tmp_path / "image.img").stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_remote_libvirtd_is_copy_and_nothing_is_tried_here(tmp_path: Path) -> None:
+    for uri in ("qemu+ssh://localhost/system", "qemu+tcp://127.0.0.1/system"):
+        assert choose_storage("h1", uri, tmp_path, None, tmp_path / "images", "auto") == COPY
+    assert list(tmp_path.iterdir()) == []  # no directory made, no probe
+    assert choose_storage("h1", "qemu:///system", tmp_path, None, tmp_path / "images",
+                          "auto") == LINK  # the same directories, on a local libvirtd
+
+
+def test_only_a_libvirtd_of_this_machine_is_local() -> None:
+    assert is_local("qemu:///system") and is_local("qemu+unix:///session")
+    assert not is_local("qemu+ssh://host/system") and not is_local("qemu+tcp://host/system")
+    assert not is_local("qemu://host/system") and not is_local("test:///default")

@@ -181,7 +181,68 @@ def break_link(path: Path) -> bool:
 
 def leftover_of_break(path: Path) -> Path:
     """The partial copy an interrupted `break_link` of path may have left."""
-    return path.with_name(f".{path.name}.own")
+    return path.with_name(f".{path.name}{OWN_SUFFIX}")
+
+
+def cloning_name(path: Path) -> Path:
+    """Where a clone to path is made before it is renamed to path, whole."""
+    return path.with_name(f".{path.name}{CLONING_SUFFIX}")
+
+
+# --- what a crash leaves behind (reported and removed by `reconcile`) --------------------
+
+CLONING_SUFFIX, OWN_SUFFIX = ".cloning", ".own"
+
+
+def partials_of(path: Path) -> list[Path]:
+    """The hidden partial files an interrupted clone to path or unlinking of path leaves."""
+    return [cloning_name(path), leftover_of_break(path)]
+
+
+def partial_stems(directory: Path, suffix: str) -> list[str]:
+    """The names (`<stem><suffix>`, e.g. `<id>.qcow2`) that have a hidden partial file in
+    directory (none when it doesn't exist)."""
+    stems = set()
+    for path in _hidden(directory):
+        for partial in (CLONING_SUFFIX, OWN_SUFFIX):
+            name = path.name[1:].removesuffix(partial)
+            if path.name.endswith(partial) and name.endswith(suffix) and name != suffix:
+                stems.add(name.removesuffix(suffix))
+    return sorted(stems)
+
+
+def probe_files(directory: Path) -> dict[str, str]:
+    """Probe files a killed `host add` left in directory: name -> the store tag it carries
+    ("" for one made before probes were tagged)."""
+    found = {}
+    for path in _hidden(directory):
+        if path.name.startswith(PROBE_PREFIX):
+            rest = path.name.removeprefix(PROBE_PREFIX)
+            tag, _, probe_id = rest.partition("-")
+            found[path.name] = tag if _is_uuid(probe_id) else ""
+    return found
+
+
+def remove_probe_file(directory: Path, name: str) -> None:
+    """Remove a probe file, and nothing that is not one."""
+    if "/" in name or name not in probe_files(directory):
+        raise DiskFileError(f"{name} is no probe file in {directory}: not removed")
+    _remove(directory / name)
+    log.info("probe file removed", path=str(directory / name))
+
+
+def _hidden(directory: Path) -> list[Path]:
+    try:
+        return [path for path in directory.iterdir() if path.name.startswith(".")]
+    except FileNotFoundError:
+        return []
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
 
 
 def standalone_qcow2(path: Path) -> bool:

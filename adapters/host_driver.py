@@ -74,6 +74,23 @@ class LibvirtHost(DomainsMixin, DhcpMixin):
     def disks(self) -> list[str]:
         return self.storage.disks()
 
+    @operation("list partial disk files")
+    def partial_disks(self) -> list[str]:
+        return self.storage.partial_disks()
+
+    @operation("delete partial disk files of shelf-{instance_id}")
+    def delete_partial_disk(self, instance_id: str) -> None:
+        self.storage.delete_partial_disk(instance_id)
+        log.info("partial disk files deleted", host=self.name, instance_id=instance_id)
+
+    @operation("list probe files")
+    def probe_files(self) -> dict[str, str]:
+        return self.storage.probe_files()
+
+    @operation("delete probe file {name}")
+    def delete_probe_file(self, name: str) -> None:
+        self.storage.delete_probe_file(name)
+
     @operation("look up disk of shelf-{instance_id}")
     def has_disk(self, instance_id: str) -> bool:
         return self.storage.find_disk(instance_id) is not None

@@ -161,6 +161,17 @@ class DirectoryImageStore:
         ids = self._ids_with_suffix(IMAGE_SUFFIX)
         return sorted(i for i in ids if not self._sidecar(i).is_file())
 
+    def probe_files(self) -> dict[str, str]:
+        """Storage probes a killed `host add` left here: name -> the store tag it carries."""
+        from adapters import disk_files  # disk_files uses this module's fsync_path
+
+        return disk_files.probe_files(self.root)
+
+    def delete_probe_file(self, name: str) -> None:
+        from adapters import disk_files
+
+        disk_files.remove_probe_file(self.root, name)
+
     def _ids_with_suffix(self, suffix: str) -> builtins.list[str]:
         # Skips our own hidden temporary files and anything else that is not an id.
         ids = (path.name.removesuffix(suffix) for path in self.root.glob(f"*{suffix}"))

@@ -146,12 +146,27 @@ class PoolStorage:
             self._copy_image(image_path, pool, name, capacity)
         log.info("disk created", host=self.host.name, instance_id=instance_id, capacity=capacity)
 
+    def partial_disks(self) -> list[str]:
+        """Instance ids whose disk has a hidden partial file here (`.<id>.qcow2.cloning`,
+        `.<id>.qcow2.own`): what a crash in a clone or an unlinking left."""
+        return disk_files.partial_stems(self.disks_dir, DISK_SUFFIX)
+
+    def delete_partial_disk(self, instance_id: str) -> None:
+        """What an interrupted clone to, or unlinking of, the instance's disk left (hidden
+        names made from the disk's own); the disk itself stays."""
+        for partial in disk_files.partials_of(self.disks_dir / f"{instance_id}{DISK_SUFFIX}"):
+            partial.unlink(missing_ok=True)
+
+    def probe_files(self) -> dict[str, str]:
+        return disk_files.probe_files(self.disks_dir)
+
+    def delete_probe_file(self, name: str) -> None:
+        disk_files.remove_probe_file(self.disks_dir, name)
+
     def delete_disk(self, instance_id: str) -> bool:
         """Delete the disk (its name only: a snapshot linked to it keeps its own) and what
         an interrupted clone or unlinking of it left (hidden names made from its own)."""
-        name = f"{instance_id}{DISK_SUFFIX}"
-        for partial in (self._cloning(name), disk_files.leftover_of_break(self.disks_dir / name)):
-            partial.unlink(missing_ok=True)
+        self.delete_partial_disk(instance_id)
         disk = self.find_disk(instance_id)
         if disk is None:
             return False
@@ -212,15 +227,12 @@ class PoolStorage:
     ) -> libvirt.virStorageVol:
         """The image cloned into the pool: under a hidden name first, renamed when whole,
         so a crash never leaves a partial clone under the disk's name."""
-        cloning = self._cloning(name)
+        cloning = disk_files.cloning_name(self.disks_dir / name)
         disk_files.clone_file(image_path, cloning)
         os.replace(cloning, self.disks_dir / name)
         self._refresh_waiting(pool)
         log.info("disk cloned from image", host=self.host.name, disk=name)
         return pool.storageVolLookupByName(name)
-
-    def _cloning(self, name: str) -> Path:
-        return self.disks_dir / f".{name}.cloning"
 
     def _write_export(self, disk: libvirt.virStorageVol, dest: Path) -> int:
         """The snapshot of the powered-off disk at dest: a clone, a hard link (see

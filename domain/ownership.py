@@ -78,6 +78,33 @@ def foreign_images(
     return found
 
 
-def _foreign(kind: str, host: str, subject: str, what: str) -> Difference:
+def _foreign(kind: str, host: str | None, subject: str, what: str) -> Difference:
+    place = f"on {host}" if host else "in the image store"
     return Difference(f"{FOREIGN}{kind}", host, subject,
-                      f"{what} on {host} that another store or tool made: left alone")
+                      f"{what} {place} that another store or tool made: left alone")
+
+
+def leftover_differences(
+    where: str | None, partial_disks: Iterable[str], probes: dict[str, str], ours: Issued,
+    tag: str | None, busy: frozenset[str],
+) -> list[Difference]:
+    """Hidden files a crash left in a host's disks directory (`where`) or the image store
+    (None): partial disk files named by an instance id (this store's if it issued the id;
+    an instance with a task in flight may be making one), and storage probes of a killed
+    `host add` (this store's if they carry its tag)."""
+    place = f"on {where}" if where else "in the image store"
+    found = []
+    for instance_id in sorted(set(partial_disks) - busy):
+        if instance_id in ours.ids:
+            found.append(Difference("partial-disk", where, instance_id, "a half-made copy of "
+                                    f"its disk {place} (a crash cut a clone or an unlinking)",
+                                    fixable=True))
+        else:
+            found.append(_foreign("partial-disk", where, instance_id, "a half-made disk copy"))
+    for name, probe_tag in sorted(probes.items()):
+        if tag and probe_tag == tag:
+            found.append(Difference("probe-file", where, name, f"a storage probe {place} "
+                                    "that a killed `host add` left", fixable=True))
+        else:
+            found.append(_foreign("probe-file", where, name, "a storage probe"))
+    return found

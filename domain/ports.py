@@ -116,6 +116,19 @@ class HostDriver(Protocol):
     def disks(self) -> list[str]:
         """Instance ids of every local root disk on the host."""
 
+    def partial_disks(self) -> list[str]:
+        """Instance ids named by a hidden partial file of a disk (a clone or an unlinking a
+        crash interrupted)."""
+
+    def delete_partial_disk(self, instance_id: str) -> None:
+        """Remove those partial files of the instance's disk (never the disk)."""
+
+    def probe_files(self) -> dict[str, str]:
+        """Storage probe files a killed `host add` left in its disks directory: name ->
+        the store tag the name carries ("" for none)."""
+
+    def delete_probe_file(self, name: str) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -154,6 +167,11 @@ class ImageStore(Protocol):
         store made is refused (HypervisorError)."""
 
     def list(self) -> list[ImageInfo]: ...
+
+    def probe_files(self) -> dict[str, str]:
+        """Storage probe files a killed `host add` left: name -> its store tag ("": none)."""
+
+    def delete_probe_file(self, name: str) -> None: ...
 
 
 class VolumeStore(Protocol):

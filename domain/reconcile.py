@@ -23,10 +23,12 @@ from domain.ownership import (
     foreign_images,
     foreign_on_host,
     issued_by,
+    leftover_differences,
     owns_image,
 )
 from domain.ports import HostDrivers, HypervisorError, ImageInfo, ImageStore
 from domain.states import DELETED
+from domain.store_identity import StoreMark
 
 __all__ = ["Difference", "fix_leaks", "reconcile"]
 
@@ -56,15 +58,17 @@ def reconcile(
     settled = [i for i in live if i.is_idle]
     ours = issued_by(instances)
     host_list = list(hosts)
+    tag = StoreMark(store_id).tag if store_id else None
     found: list[Difference] = []
     for host in host_list:
         neighbours = {h.name for h in host_list if h.uri == host.uri and h.name != host.name}
-        found += _host_differences(host, settled, _Judged(busy, ours, neighbours), drivers)
+        found += _host_differences(host, settled, _Judged(busy, ours, neighbours, tag), drivers)
     stored = images.list()
     owned = [image for image in stored if owns_image(image, store_id, ours)]
     found += _image_differences(settled, busy, owned, [p for p in partial_images
                                                       if p in ours.image_ids])
     found += foreign_images([i for i in stored if i not in owned], partial_images, ours)
+    found += leftover_differences(None, (), images.probe_files(), ours, tag, busy.ids)
     return _shown(found, include_foreign)
 
 
@@ -87,6 +91,7 @@ class _Judged:
     busy: InFlight
     ours: Issued
     neighbours: set[str]  # other shelf hosts on the same libvirt URI
+    tag: str | None  # the store's, on the files it names
 
 
 def _host_differences(
@@ -98,6 +103,8 @@ def _host_differences(
         domains, disks, dhcp = set(driver.domains()), set(driver.disks()), driver.dhcp_hosts()
         foreign = foreign_on_host(name, domains, disks, dhcp, driver.foreign_dhcp_hosts(),
                                   judged.ours)
+        leftovers = leftover_differences(name, driver.partial_disks(), driver.probe_files(),
+                                         judged.ours, judged.tag, judged.busy.ids)
     except (HypervisorError, KeyError) as error:
         return [Difference("unreachable-host", name, name, str(error))]
     disks &= judged.ours.ids
@@ -116,6 +123,7 @@ def _host_differences(
         + _set_differences("disk", name, want_disks, disks - busy.ids, disks)
         + _set_differences("dhcp-entry", name, want_dhcp, macs - busy.macs, set(dhcp))
         + _set_differences("claim", name, want_claims, claims - busy.ids, claims)
+        + leftovers
         + foreign
     )
 
@@ -171,6 +179,10 @@ def fix_leaks(
             drivers.driver(host).undefine(subject)
         elif difference.kind == "orphan-disk" and host:
             drivers.driver(host).delete_disk(subject)
+        elif difference.kind == "partial-disk" and host:
+            drivers.driver(host).delete_partial_disk(subject)
+        elif difference.kind == "probe-file":
+            (drivers.driver(host) if host else images).delete_probe_file(subject)
         elif difference.kind == "orphan-dhcp-entry" and host:
             drivers.driver(host).remove_dhcp_host(subject)
         elif difference.kind == "orphan-claim" and host:

@@ -97,3 +97,51 @@ def test_reconcile_reports_each_difference_and_fixes_only_our_leaks(
     code, rows = run_reconcile(store_url, tmp_path, hosts, fix=False, all_=True)
     assert kinds(rows) == {("missing-disk", vm1["id"]), ("foreign-domain", foreign.instance_id),
                            ("foreign-dhcp-entry", foreign.mac)}
+
+
+def test_reconcile_reports_and_fixes_hidden_leftovers_of_this_store_only(
+    harness_factory: Any, hosts: Any, store_url: str, tmp_path: Path
+) -> None:
+    """What a crash leaves in a disks directory (a partial clone, a partial unlinking copy)
+    and a killed `host add` leaves there and in the image store (a storage probe): ours are
+    reported and removed by --fix (never the disk itself); others' only listed with --all."""
+    h = harness_factory(hosts=hosts)
+    h.add_host("h1")
+    for name in ("vm1", "vm2"):
+        h.ok("boot", name, "--host", "h1", "--vcpus", "1", "--memory-mb", "256",
+             "--disk-gb", "1", *WAIT)
+    vm1, vm2 = h.show("vm1"), h.show("vm2")
+    h.ok("delete", "vm1", *WAIT)  # its id is still one this store issued
+    ctx = Context(store_url, tmp_path / "data")
+    try:
+        tag = ctx.identify().tag
+    finally:
+        ctx.close()
+    driver = h.driver("h1")
+    disks, images = driver.disks_dir, tmp_path / "data" / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    stranger = str(uuid.uuid4())
+    ours = [disks / f".{vm1['id']}.qcow2.cloning", disks / f".{vm2['id']}.qcow2.own",
+            disks / f".shelf-reflink-probe-{tag}-{uuid.uuid4()}",
+            images / f".shelf-reflink-probe-{tag}-{uuid.uuid4()}"]
+    theirs = [disks / f".{stranger}.qcow2.cloning",
+              images / f".shelf-reflink-probe-0badcafe-{uuid.uuid4()}",
+              images / f".shelf-reflink-probe-{uuid.uuid4()}"]  # untagged: unprovable
+    for path in ours + theirs:
+        path.write_bytes(b"left by a crash")
+
+    code, rows = run_reconcile(store_url, tmp_path, hosts, fix=False)
+    assert code == 1
+    assert kinds(rows) == {("partial-disk", vm1["id"]), ("partial-disk", vm2["id"]),
+                           ("probe-file", ours[2].name), ("probe-file", ours[3].name)}
+    _code, rows = run_reconcile(store_url, tmp_path, hosts, fix=False, all_=True)
+    assert {("foreign-partial-disk", stranger), ("foreign-probe-file", theirs[1].name),
+            ("foreign-probe-file", theirs[2].name)} <= kinds(rows)
+
+    code, _out = run_reconcile(store_url, tmp_path, hosts, fix=True)
+    assert [p.name for p in ours if p.exists()] == []
+    assert all(p.exists() for p in theirs)
+    assert driver.has_disk(vm2["id"])  # only the partial copy went, not vm2's disk
+    assert run_reconcile(store_url, tmp_path, hosts, fix=False) == (0, [])
+    for path in theirs:
+        path.unlink()

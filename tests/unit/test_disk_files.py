@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 
 from adapters import disk_files
 from adapters.disk_files import COPY, LINK, DiskFileError
+from adapters.images import DirectoryImageStore
 from adapters.libvirt_host import choose_storage, is_local
 
 
@@ -158,3 +160,37 @@ def test_only_a_libvirtd_of_this_machine_is_local() -> None:
     assert is_local("qemu:///system") and is_local("qemu+unix:///session")
     assert not is_local("qemu+ssh://host/system") and not is_local("qemu+tcp://host/system")
     assert not is_local("qemu://host/system") and not is_local("test:///default")
+
+
+def test_hidden_leftovers_are_found_by_their_names(tmp_path: Path) -> None:
+    instance_id, tag = str(uuid.uuid4()), "0123abcd"
+    disk = tmp_path / f"{instance_id}.qcow2"
+    for path in [*disk_files.partials_of(disk), tmp_path / ".x.qcow2.tmp", tmp_path / "a.own",
+                 tmp_path / ".qcow2.own"]:
+        path.write_bytes(b"part")
+    assert disk_files.partial_stems(tmp_path, ".qcow2") == [instance_id]
+    assert disk_files.partial_stems(tmp_path / "absent", ".qcow2") == []
+    tagged = f"{disk_files.PROBE_PREFIX}{tag}-{uuid.uuid4()}"
+    untagged = f"{disk_files.PROBE_PREFIX}{uuid.uuid4()}"
+    for name in (tagged, untagged):
+        (tmp_path / name).write_bytes(b"probe")
+    assert disk_files.probe_files(tmp_path) == {tagged: tag, untagged: ""}
+    disk_files.remove_probe_file(tmp_path, tagged)
+    assert not (tmp_path / tagged).exists()
+    for name in (".x.qcow2.tmp", f"../{tmp_path.name}/{untagged}"):
+        with pytest.raises(DiskFileError, match="no probe file"):
+            disk_files.remove_probe_file(tmp_path, name)
+    assert (tmp_path / ".x.qcow2.tmp").exists() and (tmp_path / untagged).exists()
+
+
+def test_a_linked_snapshot_a_crash_left_uncommitted_is_a_partial_whose_removal_keeps_the_disk(
+    tmp_path: Path,
+) -> None:
+    images = DirectoryImageStore(tmp_path / "images")
+    disk = tmp_path / "disk.qcow2"
+    disk.write_bytes(b"the disk" * 512)
+    image_id = str(uuid.uuid4())
+    disk_files.link_file(disk, images.path_for(image_id))  # the crash: no sidecar written
+    assert images.partials() == [image_id]
+    images.delete(image_id)  # what reconcile --fix does with a partial-image
+    assert disk.read_bytes() == b"the disk" * 512 and disk.stat().st_nlink == 1

@@ -26,8 +26,9 @@ import pytest
 from adapters.disk_files import DiskFileError, clone_file
 from adapters.images import DirectoryImageStore
 from adapters.libvirt_host import choose_storage, open_host
-from application import queries
+from application import lifecycle, queries
 from application.bootstrap import Context
+from domain.errors import ShelfError
 from tests.conftest import node_xml
 from tests.integration.test_libvirt_host import (
     SYSTEM_URI,
@@ -260,6 +261,26 @@ def test_a_probe_refused_for_another_reason_fails_in_one_line(tmp_path: Path) ->
         choose_storage("h1", SYSTEM_URI, data, None, images, "auto")
     assert len(str(raised.value).splitlines()) == 1
     assert list((data / "hosts" / "h1" / "disks").iterdir()) == []
+
+
+def test_host_add_turns_a_refused_probe_into_a_failed_operation(
+    store_url: str, tmp_path: Path
+) -> None:
+    """What `host add` makes of it (after the capacity, before anything is recorded): an
+    operation failure, exit 1, one line naming the host."""
+    data, elsewhere = tmp_path / "data", tmp_path / "images-elsewhere"
+    elsewhere.mkdir()
+    ctx = Context(store_url, data)
+    try:
+        with (bind_mount(elsewhere, data / "images", read_only=True),
+              pytest.raises(ShelfError) as raised):
+            lifecycle._storage(ctx, "h1", SYSTEM_URI, "auto")
+    finally:
+        ctx.close()
+    assert raised.value.exit_code == 1
+    message = str(raised.value)
+    assert message.startswith("host h1: try its storage: clone a probe file from ")
+    assert message.endswith(": Read-only file system") and "\n" not in message
 
 
 def test_a_clone_is_readable_by_its_owner_only(tmp_path: Path) -> None:

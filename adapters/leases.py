@@ -61,7 +61,7 @@ class InstanceLeases:
         taken: taking it to see would make it look free to the holder, and held to
         another looking at the same moment."""
         if self.store.backend == "postgres":
-            high, low = divmod(_pg_key(key) & ((1 << 64) - 1), 1 << 32)
+            high, low = advisory_halves(key)
             with self._lock:
                 row = self._connection().execute(_PG_HELD, (high, low)).fetchone()
             return bool(row and row[0])
@@ -147,6 +147,19 @@ _PG_HELD = (
     "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
     " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
     " AND classid = %s::bigint::oid AND objid = %s::bigint::oid AND objsubid = 1)")
+
+
+# Every advisory lock on a bigint key granted in this database, as pg_locks shows them.
+GRANTED_ADVISORY_LOCKS = (
+    "SELECT classid::bigint AS classid, objid::bigint AS objid FROM pg_locks"
+    " WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+
+
+def advisory_halves(lease: uuid.UUID) -> tuple[int, int]:
+    """The lease's advisory lock key as pg_locks shows it: (classid, objid)."""
+    high, low = divmod(_pg_key(lease) & ((1 << 64) - 1), 1 << 32)
+    return high, low
 
 
 def _pg_key(lease: uuid.UUID) -> int:

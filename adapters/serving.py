@@ -6,10 +6,15 @@ scheduler asks whether a host's compute service is up (adapters/leases.py holds 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import ExitStack
+from typing import Any
 
 from adapters.eventstore import StoreURL
-from adapters.leases import InstanceLeases
+from adapters.leases import GRANTED_ADVISORY_LOCKS, InstanceLeases, advisory_halves
+from adapters.logs import get_logger
+
+log = get_logger()
 
 _NAMESPACE = uuid.UUID("5e1f5e4e-0000-4000-8000-000000000001")
 
@@ -67,18 +72,40 @@ class ServingLeases:
 
 
 class ServingLook:
-    """Whether some `serve` performs the steps on a host: its lease, or the every-host
-    lease, held by another process (Nova's service state up/down). Looks, never takes."""
+    """Which hosts some `serve` performs the steps on now: its host's lease, or the
+    every-host lease, is held (Nova's service state up/down). Looks, never takes. On
+    PostgreSQL it reads pg_locks once per look, through a connection the caller gives
+    (one that holds no lease, so every lease it sees is held elsewhere): no connection of
+    its own to keep or lose."""
 
-    def __init__(self, store: StoreURL) -> None:
+    def __init__(self, store: StoreURL,
+                 query: Callable[[str], Sequence[Mapping[str, Any]]]) -> None:
         self._store = store
-        self._leases = InstanceLeases(store)
+        self._query = query
+        self._leases = InstanceLeases(store) if store.backend != "postgres" else None
 
-    def is_served(self, host: str) -> bool:
-        return served_elsewhere(self._leases, self._store, host)
+    def served(self, hosts: Iterable[str]) -> set[str] | None:
+        """Those of `hosts` that are served; None when the store can't be asked now."""
+        hosts = set(hosts)
+        if self._leases is not None:
+            return {host for host in hosts
+                    if served_elsewhere(self._leases, self._store, host)}
+        import psycopg  # a PostgreSQL store's: a SQLite one never loads it
+
+        try:
+            rows = self._query(GRANTED_ADVISORY_LOCKS)
+        except psycopg.Error as error:  # the connection is made again on its next use
+            log.warning("serving.look_failed", error=str(error))
+            return None
+        held = {(int(row["classid"]), int(row["objid"])) for row in rows}
+        if advisory_halves(serving_key(self._store, None)) in held:
+            return hosts
+        return {host for host in hosts
+                if advisory_halves(serving_key(self._store, host)) in held}
 
     def close(self) -> None:
-        self._leases.close()
+        if self._leases is not None:
+            self._leases.close()
 
 
 def served_elsewhere(leases: InstanceLeases, store: StoreURL, host: str) -> bool:

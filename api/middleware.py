@@ -4,8 +4,8 @@
 application layer records with the action and its events, so `openstack server event
 list` and `shelf actions` agree. The microversion is read from either header and echoed in
 both, with `Vary`, as Nova does. A body over Nova's `max_request_body_size` (112 KiB) is
-413 before it is read whole. A body is JSON, as Nova reads it: a JSON Content-Type,
-text/plain or none; any other type is 415. Pure ASGI (no per-request task as
+413 before it is read whole. A compute request's body is JSON, as Nova reads it: a JSON
+Content-Type, text/plain or none; any other type is 415. Pure ASGI (no per-request task as
 BaseHTTPMiddleware has).
 """
 
@@ -103,7 +103,8 @@ class RequestContextMiddleware:
         if _declared_length(scope) > MAX_BODY:
             await _refuse(send, 413, TOO_LARGE, extra)
             return
-        if not _read_as_json(scope):
+        if scope["path"].startswith(COMPUTE_PREFIX) and _has_body(scope) and not (
+                _read_as_json(scope)):
             await _refuse(send, 415, UNSUPPORTED_TYPE, extra)
             return
 
@@ -132,6 +133,12 @@ class RequestContextMiddleware:
                       request_id=request_id)
             if not started:
                 await _refuse(send, 500, UNEXPECTED, extra)
+
+
+def _has_body(scope: Scope) -> bool:
+    """A Content-Length above 0, or a chunked body (Nova looks at no type without one)."""
+    headers = dict(scope["headers"])
+    return _declared_length(scope) > 0 or b"chunked" in headers.get(b"transfer-encoding", b"")
 
 
 def _read_as_json(scope: Scope) -> bool:

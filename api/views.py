@@ -131,9 +131,11 @@ def _fault(view: dict[str, Any], admin: bool) -> dict[str, Any]:
     return body
 
 
-def host_status(view: dict[str, Any], served: set[str]) -> str:
+def host_status(view: dict[str, Any], served: set[str] | None) -> str:
     """Nova's host_status: UP when a serve performs its host's steps, DOWN when none
-    does, "" for a server on no host."""
+    does, UNKNOWN when that can't be told now, "" for a server on no host."""
     if not view["host"]:
         return ""
+    if served is None:
+        return "UNKNOWN"
     return "UP" if view["host"] in served else "DOWN"

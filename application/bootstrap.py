@@ -120,7 +120,7 @@ class Context:
     @cached_property
     def serving(self) -> ServingLook:
         """Whether some `serve` performs a host's steps (looked at, never taken)."""
-        return ServingLook(self.store)
+        return ServingLook(self.store, self.db.query)
 
     @property
     def hosts(self) -> HostDrivers:

@@ -172,7 +172,7 @@ def projections_status(ctx: Context) -> list[dict[str, Any]]:
             for s in ctx.projector.status()]
 
 
-def served_hosts(ctx: Context, names: Iterable[str]) -> set[str]:
+def served_hosts(ctx: Context, names: Iterable[str]) -> set[str] | None:
     """Those of the hosts whose steps some `serve` performs now (Nova's compute service
-    up): a serve of that host or of every host holds its lease."""
-    return {name for name in set(names) if ctx.serving.is_served(name)}
+    up): a serve of that host or of every host holds its lease. None: not known now."""
+    return ctx.serving.served(names)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from adapters.eventstore import StoreURL, local_writer
 
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import psycopg
 
 Row = dict[str, Any]
+T = TypeVar("T")
 
 
 class Database:
@@ -26,6 +27,7 @@ class Database:
         self.backend = store.backend
         self._sqlite: sqlite3.Connection | None = None
         self._pg: psycopg.Connection[Any] | None = None
+        self._transactions = 0  # how deep inside transaction(): no read is retried there
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s") if self.backend == "postgres" else sql
@@ -63,8 +65,12 @@ class Database:
                             conn.execute("ROLLBACK")
                     raise
         else:
-            with conn.transaction():
-                yield self
+            self._transactions += 1
+            try:
+                with conn.transaction():
+                    yield self
+            finally:
+                self._transactions -= 1
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -143,18 +149,38 @@ class Database:
             [[value[i] for value in values] for i in range(len(keys))])
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        cursor = self._connect().execute(self._sql(sql), params)
-        names = [column[0] for column in cursor.description or ()]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        def read() -> list[Row]:
+            cursor = self._connect().execute(self._sql(sql), params)
+            names = [column[0] for column in cursor.description or ()]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+        return self._read_again_if_reconnected(read)
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Plain tuples, PostgreSQL's in binary: for reading many rows fast."""
-        conn = self._connect()
-        if self.backend == "sqlite":
-            return list(conn.execute(sql, params).fetchall())
-        with conn.cursor(binary=True) as cursor:
-            cursor.execute(self._sql(sql), params)
-            return list(cursor.fetchall())
+        def read() -> list[tuple[Any, ...]]:
+            conn = self._connect()
+            if self.backend == "sqlite":
+                return list(conn.execute(sql, params).fetchall())
+            with conn.cursor(binary=True) as cursor:
+                cursor.execute(self._sql(sql), params)
+                return list(cursor.fetchall())
+
+        return self._read_again_if_reconnected(read)
+
+    def _read_again_if_reconnected(self, read: Callable[[], T]) -> T:
+        """A read on a PostgreSQL connection the server dropped (a restart, a failover, an
+        idle timeout) is made once more on a new one, as oslo.db retries on disconnect;
+        never inside a transaction, whose earlier statements went with the session."""
+        try:
+            return read()
+        except Exception as error:
+            lost = (self.backend == "postgres" and self._transactions == 0
+                    and self._pg is not None and self._pg.broken
+                    and isinstance(error, _psycopg().OperationalError))
+            if not lost:
+                raise
+        return read()
 
     def close(self) -> None:
         if self._sqlite is not None:

@@ -44,9 +44,10 @@ def _detail(call: Call, host: dict[str, Any], served: set[str]) -> dict[str, Any
 
 
 def _hosts(call: Call) -> tuple[list[dict[str, Any]], set[str]]:
-    """The hosts, and those of them some `serve` performs the steps on."""
+    """The hosts, and those of them some `serve` performs the steps on (none, when that
+    can't be told now: Nova's state has only up and down)."""
     hosts = queries.list_hosts(call.ctx)
-    return hosts, queries.served_hosts(call.ctx, (host["name"] for host in hosts))
+    return hosts, queries.served_hosts(call.ctx, (host["name"] for host in hosts)) or set()
 
 
 @router.get("/os-hypervisors")

@@ -8,6 +8,7 @@ project and is shown to that project and to admins, with `image_type: snapshot` 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 
@@ -19,6 +20,7 @@ from domain.errors import NotFound
 
 router = APIRouter(prefix="/image", tags=["images"])
 GLANCE_VERSION = "v2.16"
+DEFAULT_LIMIT, MAX_LIMIT = 25, 1000  # Glance's limit_param_default and api_limit_max
 
 
 @router.get("")
@@ -79,8 +81,9 @@ def list_images(call: CallDep, request: Request) -> dict[str, Any]:
                        request.query_params.get("marker"))
     body: dict[str, Any] = {"images": page, "first": "/v2/images",
                             "schema": "/v2/schemas/images"}
-    if more and page:
-        body["next"] = f"/v2/images?marker={page[-1]['id']}&limit={len(page)}"
+    if more and page:  # the same filters, after this page's last image
+        following = {**request.query_params, "marker": page[-1]["id"], "limit": len(page)}
+        body["next"] = f"/v2/images?{urlencode(following)}"
     return body
 
 
@@ -93,12 +96,11 @@ def _page(images: list[dict[str, Any]], limit: str | None,
         if marker not in ids:
             raise bad_request(f"Invalid marker. Image {marker} could not be found.")
         images = images[ids.index(marker) + 1:]
-    if limit is None:
-        return images, False
-    if not limit.isdigit():
+    if limit is not None and not limit.isdigit():
         raise bad_request("limit param must be an integer" if not limit.lstrip("-").isdigit()
                           else "limit param must be positive")
-    return images[:int(limit)], len(images) > int(limit)
+    most = min(int(limit), MAX_LIMIT) if limit is not None else DEFAULT_LIMIT
+    return images[:most], len(images) > most
 
 
 @router.get("/v2/images/{image_id}")

@@ -1,5 +1,7 @@
 """When a drive's steps reach the store: the commit policy behind the process manager's
-`records` port (domain/drive_ports.py `StepRecords`).
+`records` port (domain/drive_ports.py `StepRecords`). Every step runs through
+`StepRecorder.run_step`, which times it on its host and notes since when the object the
+drive goes on with holds events not yet recorded.
 
 Quick steps are recorded together. Before each step, a drive commits the events it holds
 unless that step has been quick on its host so far (a step that only records always is);
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -43,19 +46,30 @@ RECORDED_KEPT = 10_000
 
 
 class StepRecorder:
-    """One per process manager: what its drives hold unrecorded, how long each step takes
-    on each host, and which versions this process recorded itself."""
+    """One per process manager: since when its drives hold events unrecorded, how long each
+    step takes on each host, and which versions this process recorded itself."""
 
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
-        # The object each drive goes on with: what the last step left (see take_latest).
-        self._latest: dict[uuid.UUID, Instance] = {}
-        # Instances whose object holds events not yet recorded: since when (monotonic).
+        # Since when (monotonic) each drive's object holds events not yet recorded.
         self._unrecorded: dict[uuid.UUID, float] = {}
         # (host, step) -> seconds, a moving average: see QUICK_STEP_SECONDS.
         self._step_seconds: dict[tuple[str, str], float] = {}
         self._recorded: dict[uuid.UUID, int] = {}  # the version this process last saved
         self.log = structlog.get_logger("shelf.process_manager")
+
+    def run_step(
+        self, instance: Instance, step: str, body: Callable[[Instance], Instance]
+    ) -> Instance:
+        """Run the step, `body(instance)`, timed on the host it acts on (a step that fails
+        is not timed); the object it returns is the one the drive goes on with."""
+        host, started = acting_host(instance, step), time.monotonic()
+        went_on = body(instance)
+        if host is not None:
+            self.note_step_seconds(host, step, time.monotonic() - started)
+        if went_on.pending_events:  # recorded on the object, not saved: kept for later
+            self._unrecorded.setdefault(went_on.id, time.monotonic())
+        return went_on
 
     def due_before(self, instance: Instance, step: str) -> bool:
         """Whether the events the drive holds unrecorded are committed before `step`."""
@@ -74,25 +88,17 @@ class StepRecorder:
         """Commit the events `instance` holds; False if another writer moved it on first
         (the events are lost, and their steps are done again from the stored state). The
         caller goes on with `instance` itself, or reloads."""
-        if instance.id not in self._unrecorded:
+        if not instance.pending_events:
             return True
         try:
             self.save(instance)
         except RecordConflict:
             self.log.info("step.lost_race", instance_id=str(instance.id), step="record")
             return False
-        finally:
-            self._latest.pop(instance.id, None)
         return True
 
-    def keep_unrecorded(self, instance: Instance) -> None:
-        """The drive goes on with `instance`; its new events are recorded with a later
-        step's, or when the drive stops."""
-        self._latest[instance.id] = instance
-        self._unrecorded.setdefault(instance.id, time.monotonic())
-
     def save(self, *aggregates: Any) -> None:
-        """Save in one transaction; remember the objects that are now the stored state."""
+        """Save in one transaction; remember the versions of the instances saved."""
         try:
             self.repo.save(*aggregates)
         finally:  # saved or not, the objects hold no unrecorded events any more
@@ -100,17 +106,12 @@ class StepRecorder:
                 self._unrecorded.pop(aggregate.id, None)
         for aggregate in aggregates:
             if isinstance(aggregate, Instance):
-                self._latest[aggregate.id] = aggregate
                 if len(self._recorded) >= RECORDED_KEPT:  # left by drives whose last
                     self._recorded.clear()  # event was never asked about: forget them all
                 self._recorded[aggregate.id] = aggregate.version
 
-    def take_latest(self, instance_id: uuid.UUID) -> Instance | None:
-        return self._latest.pop(instance_id, None)
-
     def forget(self, instance_id: uuid.UUID) -> None:
         self._unrecorded.pop(instance_id, None)
-        self._latest.pop(instance_id, None)
 
     def note_step_seconds(self, host: str, step: str, seconds: float) -> None:
         """How long `step` took on `host`: whether the events before it wait for it next

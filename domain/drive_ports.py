@@ -5,6 +5,7 @@ host a claim goes to (application/placement.py) are decided behind these."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from domain.host import Host
@@ -14,6 +15,13 @@ from domain.instance import Instance
 class StepRecords(Protocol):
     """Records a drive's events: some at once, some together with a later step's."""
 
+    def run_step(
+        self, instance: Instance, step: str, body: Callable[[Instance], Instance]
+    ) -> Instance:
+        """Run `body(instance)`, the step; return what it returns, the object the drive goes
+        on with. Events that object holds unrecorded are committed with a later step's,
+        or when the drive stops (see `due_before`, `record_unrecorded`)."""
+
     def due_before(self, instance: Instance, step: str) -> bool:
         """Whether the events held for `instance` are committed before `step` runs."""
 
@@ -21,21 +29,11 @@ class StepRecords(Protocol):
         """Commit the events `instance` holds; False if another writer moved it on first
         (the events are lost, and their steps are done again from the stored state)."""
 
-    def keep_unrecorded(self, instance: Instance) -> None:
-        """A step recorded its event on `instance`: committed with a later step's, or when
-        the drive stops; the drive goes on with this object."""
-
     def save(self, *aggregates: Any) -> None:
         """Commit these aggregates' events now, in one transaction (or RecordConflict)."""
 
-    def take_latest(self, instance_id: uuid.UUID) -> Instance | None:
-        """The object the last step left for the drive to go on with, if any (once)."""
-
     def forget(self, instance_id: uuid.UUID) -> None:
         """The drive failed: what it held unrecorded is lost, done again next drive."""
-
-    def note_step_seconds(self, host: str, step: str, seconds: float) -> None:
-        """How long `step` took on `host`."""
 
 
 class Placement(Protocol):

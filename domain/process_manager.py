@@ -5,15 +5,16 @@ needed (every HostDriver method is idempotent), record the result as the next ev
 A crash between the act and the record is repaired by doing the step again. Optimistic
 concurrency on the aggregate means two workers can never both record one step.
 
-A drive goes: next step → perform it (domain/steps.py) → record. When the events held
-reach the store is not decided here: before each step the drive asks its `records`
-(application/step_recording.py: quick steps go together) whether what it holds is due.
-A crash then repeats those few steps, as it repeats one: each is idempotent.
+A drive goes: next step → perform it (domain/steps.py) → record. Each step records its
+event on the instance and returns the object the drive goes on with. When the events held
+reach the store is not decided here: each step runs through its `records`
+(application/step_recording.py: quick steps go together, timed there), which the drive
+asks before each step whether what it holds is due. A crash then repeats those few
+steps, as it repeats one: each is idempotent.
 """
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,6 +74,13 @@ def acting_host(instance: Instance, step: str) -> str | None:
     return None
 
 
+def is_local_delete(instance: Instance, step: str, error: Exception) -> bool:
+    """Nova's local delete: a delete whose host can't be reached (within the connect and
+    keepalive bounds) goes on without it, for the steps left on that host."""
+    return (isinstance(error, HostUnreachable) and instance.plan == "delete"
+            and step in LEFT_ON_HOST_STEPS)
+
+
 class ProcessManager(Steps):
     def __init__(
         self, repo: Repository, hosts: HostDrivers, images: ImageStore, volumes: VolumeStore,
@@ -87,7 +95,7 @@ class ProcessManager(Steps):
         self.failpoints = failpoints or NoFailpoints()
         self.clock = clock
         self.log = structlog.get_logger("shelf.process_manager")
-        self.steps: dict[str, Callable[[Instance], None]] = {
+        self.steps: dict[str, Callable[[Instance], Instance]] = {
             plans.POWER_OFF: self.power_off, plans.POWER_ON: self.power_on,
             plans.PAUSE: self.pause, plans.UNPAUSE: self.unpause,
             plans.SUSPEND: self.suspend, plans.RESUME: self.resume,
@@ -124,57 +132,67 @@ class ProcessManager(Steps):
             if step is None:
                 if not self.offload_if_due(instance):
                     return instance
-                instance = self.records.take_latest(instance_id)
-                continue
+                continue  # it saved the offload request on `instance`
             if not self.performs_here(instance, step):
                 return instance  # the serve that owns that host takes it from here
             if (self.records.due_before(instance, step)
                     and not self.records.record_unrecorded(instance)):
                 instance = None  # another writer moved it on: reload, repeat what was lost
                 continue
-            self.records.take_latest(instance_id)  # only what this step leaves counts
             try:
-                self.perform(instance, step)
+                instance = self.perform(instance, step)
             except RecordConflict:
                 self.log.info("step.lost_race", instance_id=str(instance_id), step=step)
-            # Go on with the object this step left, if it left one (a failed step saves a
-            # reloaded copy, a claim that lost a race a fresh one): it is the latest state.
-            instance = self.records.take_latest(instance_id)
+                instance = None  # another writer moved it on: reload
         return instance
 
     def performs_here(self, instance: Instance, step: str) -> bool:
         owned = self.settings.hosts
         return owned is None or acting_host(instance, step) in (None, *owned)
 
-    def perform(self, instance: Instance, step: str) -> None:
+    def perform(self, instance: Instance, step: str) -> Instance | None:
+        """Perform `step`; the object to go on with: the one the step recorded its event
+        on, or the one a failure was recorded on; None if another writer or request moved
+        the instance on first (a RecordConflict from the step itself is raised)."""
         log = self.log.bind(
             instance_id=str(instance.id), request_id=instance.request_id, step=step,
             plan=instance.plan,
         )
         log.debug("step.start")
-        if step == plans.FINISH:
-            self.finish(instance)
-            log.info("action.finished", vm_state=instance.vm_state)
-            return
-        host, started = acting_host(instance, step), time.monotonic()
+        host = acting_host(instance, step)  # before the step: it may move the instance
         try:
-            self.failpoints.hit(f"before:{step}")
-            self.steps[step](instance)
+            went_on = self.records.run_step(instance, step, self._body_of(step))
         except (HypervisorError, NoRoom) as error:
             log.warning("step.failed", error=str(error))
             self.records.record_unrecorded(instance)  # the steps before it did succeed
-            if not self.delete_without_host(instance, step, host, error):
-                self.record_failure(instance, step, error)
-            return
-        if host is not None:
-            self.records.note_step_seconds(host, step, time.monotonic() - started)
-        log.info("step.done")
+            if host is not None and is_local_delete(instance, step, error):
+                return self.delete_without_host(instance, step, host, error)
+            return self.record_failure(instance, step, error)
+        if step == plans.FINISH:
+            log.info("action.finished", vm_state=went_on.vm_state)
+        else:
+            log.info("step.done")
+        return went_on
 
-    def record_failure(self, failed: Instance, step: str, error: Exception) -> None:
+    def _body_of(self, step: str) -> Callable[[Instance], Instance]:
+        """The step's method; a failpoint `before:<step>` first (none before Finish)."""
+        if step == plans.FINISH:
+            return self.finish
+        method = self.steps[step]
+
+        def body(instance: Instance) -> Instance:
+            self.failpoints.hit(f"before:{step}")
+            return method(instance)
+
+        return body
+
+    def record_failure(self, failed: Instance, step: str, error: Exception) -> Instance | None:
+        """Record `StepFailed` and the rollback plan; the object it was recorded on, or
+        None if another worker or request moved the instance on meanwhile."""
         # Reload: the failed attempt may have mutated the object without saving it.
         instance = find(self.repo, failed.id, Instance)
         if instance is None or instance.next_step() != step:
-            return  # another worker or request moved it on meanwhile
+            return None
         rollback, vm_state = plans.rollback_for(
             instance.plan or "abort", step, instance.vm_state, isinstance(error, ImageNotFound)
         )
@@ -184,18 +202,17 @@ class ProcessManager(Steps):
             rollback_plan=rollback, final_vm_state=vm_state,
         )
         self.records.save(instance)
+        return instance
 
     def delete_without_host(
-        self, failed: Instance, step: str, host: str | None, error: Exception
-    ) -> bool:
-        """Nova's local delete: a delete whose host can't be reached (within the connect
-        and keepalive bounds) goes on without it. False when this isn't such a case."""
-        if not (isinstance(error, HostUnreachable) and failed.plan == "delete"
-                and step in LEFT_ON_HOST_STEPS and host is not None):
-            return False
+        self, failed: Instance, step: str, host: str, error: Exception
+    ) -> Instance | None:
+        """Nova's local delete (see `is_local_delete`): the delete goes on without the
+        host. The object it was recorded on, or None if another worker or request moved
+        the instance on meanwhile."""
         instance = find(self.repo, failed.id, Instance)
         if instance is None or instance.next_step() != step:
-            return True  # another worker or request moved it on meanwhile
+            return None
         instance.record_left_on_host(
             user=instance.user or SERVICE_USER, request_id=instance.request_id or "",
             host=host, step=step,
@@ -204,7 +221,7 @@ class ProcessManager(Steps):
         self.records.save(instance)
         self.log.warning("step.left_on_host", instance_id=str(instance.id), step=step,
                          host=host)
-        return True
+        return instance
 
     def offload_if_due(self, instance: Instance) -> bool:
         """shelved_offload_time: offload a shelved instance once its time has come."""

@@ -53,12 +53,16 @@ class Steps:
 
     # ---- recording helpers ------------------------------------------------------------
 
-    def _record(self, instance: Instance, method: Callable[..., None], **fields: Any) -> None:
-        """The `after:` failpoint fires between the side effect and its record."""
+    def _record(
+        self, instance: Instance, method: Callable[..., None], **fields: Any
+    ) -> Instance:
+        """Record the step's event on `instance`, the object the drive goes on with (when
+        the event reaches the store is `records`' choice). The `after:` failpoint fires
+        between the side effect and its record."""
         self.failpoints.hit(f"after:{plans.next_step(instance)}")
         method(user=instance.user or SERVICE_USER, request_id=instance.request_id or "",
                **fields)
-        self.records.keep_unrecorded(instance)
+        return instance
 
     def _spec(self, instance: Instance) -> DomainSpec:
         return DomainSpec(
@@ -72,7 +76,7 @@ class Steps:
 
     # ---- power steps ------------------------------------------------------------------
 
-    def power_off(self, instance: Instance) -> None:
+    def power_off(self, instance: Instance) -> Instance:
         host, shutdown = instance.host, ALREADY_OFF
         if host is not None:
             forced = (
@@ -83,27 +87,27 @@ class Steps:
             shutdown = self.hosts.driver(host).power_off(
                 str(instance.id), timeout, self.settings.shutdown_retry_interval
             )
-        self._record(instance, instance.record_powered_off, host=host, shutdown=shutdown)
+        return self._record(instance, instance.record_powered_off, host=host, shutdown=shutdown)
 
-    def power_on(self, instance: Instance) -> None:
+    def power_on(self, instance: Instance) -> Instance:
         self.hosts.driver(self._on_host(instance)).power_on(str(instance.id))
-        self._record(instance, instance.record_powered_on, host=instance.host)
+        return self._record(instance, instance.record_powered_on, host=instance.host)
 
-    def pause(self, instance: Instance) -> None:
+    def pause(self, instance: Instance) -> Instance:
         self.hosts.driver(self._on_host(instance)).pause(str(instance.id))
-        self._record(instance, instance.record_paused, host=instance.host)
+        return self._record(instance, instance.record_paused, host=instance.host)
 
-    def unpause(self, instance: Instance) -> None:
+    def unpause(self, instance: Instance) -> Instance:
         self.hosts.driver(self._on_host(instance)).unpause(str(instance.id))
-        self._record(instance, instance.record_unpaused, host=instance.host)
+        return self._record(instance, instance.record_unpaused, host=instance.host)
 
-    def suspend(self, instance: Instance) -> None:
+    def suspend(self, instance: Instance) -> Instance:
         self.hosts.driver(self._on_host(instance)).suspend(str(instance.id))
-        self._record(instance, instance.record_suspended, host=instance.host)
+        return self._record(instance, instance.record_suspended, host=instance.host)
 
-    def resume(self, instance: Instance) -> None:
+    def resume(self, instance: Instance) -> Instance:
         self.hosts.driver(self._on_host(instance)).resume(str(instance.id))
-        self._record(instance, instance.record_resumed, host=instance.host)
+        return self._record(instance, instance.record_resumed, host=instance.host)
 
     @staticmethod
     def _on_host(instance: Instance) -> str:
@@ -113,7 +117,7 @@ class Steps:
 
     # ---- shelve steps -----------------------------------------------------------------
 
-    def snapshot(self, instance: Instance) -> None:
+    def snapshot(self, instance: Instance) -> Instance:
         image_id = instance.pending_image_id
         if image_id is None:
             raise HypervisorError(f"instance {instance.id} has no image id to snapshot into")
@@ -128,22 +132,22 @@ class Steps:
                 self.images.delete(image_id)
                 raise
             info = self.images.commit(image_id, name, str(instance.id))
-        self._record(
+        return self._record(
             instance, instance.record_snapshotted, host=instance.host, image_id=image_id,
             image_name=name, size=info.size,
         )
 
-    def clean_network(self, instance: Instance) -> None:
+    def clean_network(self, instance: Instance) -> Instance:
         host = instance.network_host or instance.claim_host
         if host is not None:
             self.hosts.driver(host).remove_dhcp_host(instance.mac)
-        self._record(instance, instance.record_network_cleaned, host=host)
+        return self._record(instance, instance.record_network_cleaned, host=host)
 
-    def destroy(self, instance: Instance) -> None:
+    def destroy(self, instance: Instance) -> Instance:
         host = instance.host or instance.claim_host
         if host is not None:
             self._destroy_on(host, instance)
-        self._record(instance, instance.record_destroyed, host=host)
+        return self._record(instance, instance.record_destroyed, host=host)
 
     def _destroy_on(self, host: str, instance: Instance) -> None:
         driver = self.hosts.driver(host)
@@ -151,7 +155,7 @@ class Steps:
         if not instance.volume_backed:  # a volume outlives its domain
             driver.delete_disk(str(instance.id))
 
-    def release_claim(self, instance: Instance) -> None:
+    def release_claim(self, instance: Instance) -> Instance:
         host_name = instance.claim_host
         self.failpoints.hit(f"after:{plans.RELEASE_CLAIM}")
         if host_name is not None:
@@ -165,12 +169,12 @@ class Steps:
                 )
                 self.records.save(host, instance)  # one transaction: never released twice
                 self.placement.saw(host)
-                return
-        self._record(instance, instance.record_claim_released, host=host_name)
+                return instance
+        return self._record(instance, instance.record_claim_released, host=host_name)
 
     # ---- unshelve / boot steps -------------------------------------------------------
 
-    def claim(self, instance: Instance) -> None:
+    def claim(self, instance: Instance) -> Instance:
         for _ in range(CLAIM_ATTEMPTS):
             host = self.placement.choose_host(instance)
             host.claim(str(instance.id), instance.vcpus, instance.memory_mb, instance.disk_gb,
@@ -183,7 +187,7 @@ class Steps:
             try:
                 self.records.save(host, instance)
                 self.placement.saw(host)
-                return
+                return instance
             except RecordConflict:
                 fresh = find(self.repo, instance.id, Instance)
                 if fresh is None or fresh.version != instance.version - 1:
@@ -191,14 +195,14 @@ class Steps:
                 instance = fresh  # only the host moved on: another claim won it; try again
         raise NoRoom(f"gave up claiming after {CLAIM_ATTEMPTS} races for the same hosts")
 
-    def setup_network(self, instance: Instance) -> None:
+    def setup_network(self, instance: Instance) -> Instance:
         host = instance.claim_host
         if host is None:
             raise HypervisorError(f"instance {instance.id} holds no claim on any host")
         self.hosts.driver(host).add_dhcp_host(instance.mac, instance.ip, instance.name)
-        self._record(instance, instance.record_network_set_up, host=host)
+        return self._record(instance, instance.record_network_set_up, host=host)
 
-    def spawn(self, instance: Instance) -> None:
+    def spawn(self, instance: Instance) -> Instance:
         host = instance.claim_host
         if host is None:
             raise HypervisorError(f"instance {instance.id} holds no claim on any host")
@@ -208,7 +212,7 @@ class Steps:
         except HypervisorError:
             self._destroy_on(host, instance)  # leave nothing half-built behind
             raise
-        self._record(
+        return self._record(
             instance, instance.record_spawned, host=host, image_id=image_id,
             volume=self._spec(instance).volume_path, machine=machine,
         )
@@ -236,21 +240,21 @@ class Steps:
             raise ImageNotFound(f"Image {image_id} could not be found.")
         return self.images.path_for(image_id)
 
-    def delete_image(self, instance: Instance) -> None:
+    def delete_image(self, instance: Instance) -> Instance:
         image_id = instance.shelved_image_id or instance.pending_image_id or ""
         self.images.delete(image_id)
-        self._record(instance, instance.record_image_deleted, image_id=image_id)
+        return self._record(instance, instance.record_image_deleted, image_id=image_id)
 
-    def delete_volume(self, instance: Instance) -> None:
+    def delete_volume(self, instance: Instance) -> Instance:
         self.volumes.delete(str(instance.id))
-        self._record(
+        return self._record(
             instance, instance.record_volume_deleted,
             volume=str(self.volumes.path_for(str(instance.id))),
         )
 
     # ---- closing ----------------------------------------------------------------------
 
-    def finish(self, instance: Instance) -> None:
+    def finish(self, instance: Instance) -> Instance:
         user, request_id = instance.user or SERVICE_USER, instance.request_id or ""
         plan = instance.plan
         instance.record_finish(user, request_id, self.clock())
@@ -258,8 +262,7 @@ class Steps:
             # Offload at once, in the same transaction: nobody ever sees it idle in between.
             instance.request_shelve_offload(user, request_id, action="shelve")
         if plan != "delete":
-            self.records.keep_unrecorded(instance)
-            return
+            return instance  # its events go with a later step's, or when the drive stops
         # The name and the address are free again, in the same transaction as `Deleted`.
         index = find(self.repo, name_index_id(instance.name), NameIndex)
         pool = find(self.repo, address_block_id(block_of(instance.ip)), AddressBlock)
@@ -268,3 +271,4 @@ class Steps:
         if pool is not None:
             pool.release(instance.ip, str(instance.id))
         self.records.save(instance, *(agg for agg in (index, pool) if agg is not None))
+        return instance

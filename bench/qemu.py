@@ -382,8 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(folder, ignore_errors=True)
         if args.data_dir is not None:  # the image store's pool, made by the runs
             _drop_pools(args.data_dir, keep=pools_before)
-    print(f"strategy {STRATEGY.get('shelf')}: storage part of shelve+unshelve, median run "
-          "(Snapshot, Destroy, Spawn, DeleteImage)")
+    print(f"strategy {STRATEGY.get('shelf')}: storage part of shelve+unshelve, each side's "
+          "median over the runs (Snapshot, Destroy, Spawn, DeleteImage)")
     figure("  shelf", median([shelf for shelf, _ in storage]), "s")
     figure("  bare", median([bare for _, bare in storage]), "s")
     print(f"ratio = {median(ratios):.3f}")  # the median run: disk I/O varies run to run

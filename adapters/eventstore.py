@@ -32,14 +32,19 @@ from adapters.group_commit import GroupCommit
 from adapters.logs import get_logger
 from adapters.poison import fault_reason, is_event_fault
 from adapters.transcoding import FastJSONTranscoder
+from adapters.work_table import HostNotice, Work, row_for
 from domain.errors import Unreadable, UsageError
 from domain.host import Host
 from domain.identity import Directory, LoginRecord, Revocations, User
 from domain.instance import Instance
+from domain.process_manager import acting_host
 from domain.registry import AddressBlock
 from domain.service import RecordConflict
 
 DEFAULT_STORE = "sqlite:///./shelf.db"
+# A host removed, or its name added again (perhaps with another URI): the serve holding
+# its connection drops it, so the next step there connects to what the store says then.
+HOST_REPLACED = frozenset({"Host.HostRemoved", "Host.HostAddedAgain"})
 PG_CONNECT_TIMEOUT = 10  # seconds a PostgreSQL server may take to answer a new connection
 
 
@@ -117,6 +122,8 @@ def environment_for(store: StoreURL) -> dict[str, str]:
         # server restart fails once, is dropped by the pool and the recorder retries
         # (tests/integration/test_database_loss.py restarts PostgreSQL under a worker).
         "POSTGRES_CONNECT_TIMEOUT": str(PG_CONNECT_TIMEOUT), "POSTGRES_PRE_PING": "n",
+        # Writes the work rows and wake-ups of `serve` with the events (docs/fleet.md).
+        "APPLICATION_RECORDER_TOPIC": "adapters.work_table:WorkRecorder",
     }
     if store.pg_schema:
         env["POSTGRES_SCHEMA"] = store.pg_schema
@@ -239,6 +246,8 @@ class EventStoreRepository:
         self.app = app
         self.commits = GroupCommit(self._write, conflict=IntegrityError)
         self._writer = local_writer(store)
+        # PostgreSQL: each save writes its instances' work rows (docs/fleet.md).
+        self._work = store.backend == "postgres"
 
     def get(self, aggregate_id: uuid.UUID) -> Any:
         try:
@@ -260,16 +269,33 @@ class EventStoreRepository:
         # Encoded here, in the saving thread: the group's writer only inserts them.
         stored = [self.app.mapper.to_stored_event(event) for event in processing.events]
         try:
-            self.commits.save(stored)
+            self.commits.save(stored, self._work_of(processing) if self._work else None)
         except IntegrityError as error:
             raise RecordConflict(str(error)) from None
         if self.app.snapshots_due(processing):
             with self._writer:  # a write too: it takes turns with the others
                 self.app.take_due_snapshots(processing)
 
-    def _write(self, stored: list[Any]) -> None:
+    def _write(self, stored: list[Any], work: list[Any]) -> None:
         with self._writer:
-            self.app.recorder.insert_events(stored)
+            if work:
+                self.app.recorder.insert_events(stored, work=work)
+            else:
+                self.app.recorder.insert_events(stored)
+
+    @staticmethod
+    def _work_of(saved: ProcessingEvent[uuid.UUID]) -> list[Work]:
+        """What the saved instances have left to do, and the hosts to forget."""
+        work: list[Work] = []
+        for aggregate in saved.aggregates.values():
+            if isinstance(aggregate, Instance):
+                work.append(row_for(aggregate, acting_host))
+        for event in saved.events:
+            if type(event).__qualname__ in HOST_REPLACED:
+                host = saved.aggregates.get(event.originator_id)
+                if isinstance(host, Host):
+                    work.append(HostNotice(host.name))
+        return work
 
 
 def local_writer(store: StoreURL) -> AbstractContextManager[Any]:

@@ -19,7 +19,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-Write = Callable[[list[Any]], None]  # writes the events in one transaction, or raises
+# Writes the events in one transaction, or raises; with them, what each save derives from
+# them (adapters/work_table.py), in the same transaction.
+Write = Callable[[list[Any], list[Any]], None]
 
 
 class WriteInterrupted(Exception):
@@ -55,8 +57,9 @@ class _Wake:
 class _Pending:
     """One caller's save, waiting for its batch to be written."""
 
-    def __init__(self, events: list[Any]) -> None:
+    def __init__(self, events: list[Any], derived: list[Any]) -> None:
         self.events = events
+        self.derived = derived
         self.aggregates = frozenset(event.originator_id for event in events)
         self.wake = _Wake()
         self.written = False  # its outcome is known: committed, or `error`
@@ -75,9 +78,10 @@ class GroupCommit:
         self.saves = 0
         self.split = 0  # batches written again one save at a time after a conflict
 
-    def save(self, events: list[Any]) -> None:
-        """Return once `events` are committed; raise what writing them alone would raise."""
-        pending = _Pending(events)
+    def save(self, events: list[Any], derived: list[Any] | None = None) -> None:
+        """Return once `events` are committed; raise what writing them alone would raise.
+        `derived` is written with them (the write's second argument)."""
+        pending = _Pending(events, derived or [])
         with self._lock:
             self._queue.append(pending)
             if self._leader is None:
@@ -137,7 +141,8 @@ class GroupCommit:
             with self._lock:
                 batch = self._take_batch()
             try:
-                self._write([event for pending in batch for event in pending.events])
+                self._write([event for pending in batch for event in pending.events],
+                            [item for pending in batch for item in pending.derived])
                 self._count(len(batch))
                 outcomes = dict.fromkeys(map(id, batch))
             except self._conflict:
@@ -157,7 +162,7 @@ class GroupCommit:
 
     def _write_alone(self, pending: _Pending) -> Exception | None:
         try:
-            self._write(pending.events)
+            self._write(pending.events, pending.derived)
         except Exception as error:
             return error
         self._count(1)

@@ -25,6 +25,11 @@ def serving_key(store: StoreURL, host: str | None) -> uuid.UUID:
     return uuid.uuid5(_NAMESPACE, f"serving/{store.pg_schema or ''}/{host or '*'}")
 
 
+def dispatch_key(store: StoreURL) -> uuid.UUID:
+    """The lease of the serve that is told of work routed to no host (docs/fleet.md)."""
+    return uuid.uuid5(_NAMESPACE, f"dispatch/{store.pg_schema or ''}")
+
+
 def projections_key(store: StoreURL) -> uuid.UUID:
     """The lease a serve holds while it writes the projections."""
     return uuid.uuid5(_NAMESPACE, f"projections/{store.pg_schema or ''}")
@@ -40,6 +45,7 @@ class ServingLeases:
         self._leases = InstanceLeases(store)
         self._hosts: frozenset[str | None] = frozenset(hosts) if hosts else frozenset({None})
         self._holding: dict[str | None, ExitStack] = {}
+        self._dispatch: ExitStack | None = None
 
     def refresh(self) -> list[str]:
         """Take every lease not held yet (at start, and again after the database session
@@ -57,12 +63,24 @@ class ServingLeases:
                     elsewhere.append(host)
         return sorted(elsewhere)
 
+    def dispatching(self) -> bool:
+        """Whether this serve holds the dispatch lease, taken now if free: one serve at a
+        time is told of the work routed to no host; when it dies, another takes it."""
+        if self._dispatch is None:
+            stack = ExitStack()
+            if stack.enter_context(self._leases.hold(dispatch_key(self._store))):
+                self._dispatch = stack
+            else:
+                stack.close()
+        return self._dispatch is not None
+
     def release_all(self) -> None:
         try:
-            for stack in self._holding.values():
+            for stack in [*self._holding.values(), *filter(None, [self._dispatch])]:
                 stack.close()
         finally:
             self._holding.clear()
+            self._dispatch = None
 
     def close(self) -> None:
         try:

@@ -1,10 +1,12 @@
-"""`shelf serve`: follow the event log and let the process manager carry out requests.
+"""`shelf serve`: learn of work and let the process manager carry out requests.
 
 On start it catches the read models up and drives every instance whose task is in
-flight: an operation half-finished by a crash continues from its last recorded step.
-Then it follows the notification log, drives each instance an event touched, and checks
-the shelved-offload timer. Several instances are driven at once; one instance is only
-ever driven by one thread of this process at a time.
+flight (its own, with `--host`): an operation half-finished by a crash continues from its
+last recorded step. Then it drives each instance it is told of (PostgreSQL: a notice per
+host, application/push_feed.py) or that a new event touched (SQLite: the notification
+log, application/poll_feed.py), sweeps its work every few seconds in case a notice was
+lost, and checks the shelved-offload timer. Several instances are driven at once; one
+instance is only ever driven by one thread of this process at a time.
 """
 
 from __future__ import annotations
@@ -14,30 +16,23 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import structlog
-from eventsourcing.persistence import Notification
 
 from adapters.leases import InstanceLeases
 from adapters.serving import ServingLeases, projections_key, serving_key
+from adapters.wakeups import Told
 from application.bootstrap import Context
+from application.poll_feed import INSTANCE_TOPIC, POLL_SECONDS, PollFeed
+from application.push_feed import PushFeed, push_feed
 from application.step_recording import StepRecorder
 from domain.errors import Unreadable
-from domain.host import Host
 from domain.ports import Failpoints
 from domain.process_manager import ProcessManager, Settings
-from domain.service import find
 
-INSTANCE_TOPIC = "domain.instance:Instance."
-# A host removed, or its name added again (perhaps with another URI): its open
-# connection is dropped, so the next step there connects to what the store says then.
-HOST_REPLACED_TOPICS = frozenset({"domain.host:Host.HostRemoved",
-                                  "domain.host:Host.HostAddedAgain"})
-POLL_SECONDS = 0.02  # a new request waits at most this long for a worker to see it
 TIMER_SECONDS = 1.0
-NOTIFICATION_BATCH = 1000
 BACKOFF_START, BACKOFF_MAX = 0.5, 30.0
 # An instance another serve holds is tried again after this, doubling up to the sweep's
 # interval: with `serve --host`, a claim made by one serve is spawned by another, which
@@ -48,6 +43,9 @@ SWEEP_SECONDS = 5.0
 # itself first, so this only bounds how far behind they are; writing them after every
 # poll made their transactions fight the steps' own for SQLite's single write lock.
 PROJECTIONS_SECONDS = 0.5
+# Push: the dispatching serve alone writes them (it hears of every insert), and once more
+# when no event has come for this long: not every serve, every time it drove something.
+PROJECTIONS_QUIET_SECONDS = 0.05
 # How long a thread may hold the GIL while others wait (Python's default is 5 ms). The
 # thread writing a group commit gives it up for every database call and must get it back
 # each time; behind busy drive threads that wait is what made a 0.4 ms commit take 2 ms.
@@ -78,7 +76,13 @@ class Worker:
         # held by another serve: (when to try again, the wait after that)
         self.held_retries: dict[uuid.UUID, tuple[float, float]] = {}
         self.lock = threading.Lock()
-        self.position = 0
+        # How work reaches this serve: told (PostgreSQL) or polled for (SQLite).
+        self.feed: PushFeed | PollFeed = (
+            push_feed(ctx, settings.hosts, self.serving) or PollFeed(ctx, settings.hosts))
+        self.dispatching = False  # push: told of work routed to no host (push_feed.py)
+        # push, dispatching: events recorded (by any serve) not yet in the projections
+        self.unprojected = False
+        self.drives = 0  # instances driven (loaded, folded): the fleet's tests count them
         self.last_timer_check = 0.0
         self.last_sweep = 0.0
         self.last_projection = -math.inf  # due at once, whatever time.monotonic() reads
@@ -88,7 +92,7 @@ class Worker:
     def start(self) -> None:
         self.hold_serving_leases()
         self.ctx.projector.catch_up()
-        self.position = self.ctx.projector.position()
+        self.feed.start()
         self.sweep_in_flight(force=True)
         self.check_offload_timer(force=True)
 
@@ -100,10 +104,22 @@ class Worker:
             return
         self.last_sweep = now
         self.hold_serving_leases()
-        in_flight = self.ctx.db.query("SELECT id FROM instances WHERE task_state IS NOT NULL")
-        if in_flight and force:
-            self.log.info("serve.resuming", instances=len(in_flight))
-        self.submit(uuid.UUID(row["id"]) for row in in_flight)
+        if isinstance(self.feed, PushFeed):
+            self.dispatching = self.feed.dispatching()
+            mine = self.feed.swept()
+            if force and mine:
+                self.log.info("serve.resuming", instances=len(mine))
+            self.submit(mine)
+            if not self.dispatching:
+                return  # what follows reads everyone's: the dispatching serve's task
+        in_flight = [uuid.UUID(row["id"]) for row in self.ctx.db.query(
+            "SELECT id FROM instances WHERE task_state IS NOT NULL")]
+        if isinstance(self.feed, PushFeed):  # rows missing: written again, their serves told
+            self.feed.repair(in_flight)
+        else:
+            if in_flight and force:
+                self.log.info("serve.resuming", instances=len(in_flight))
+            self.submit(in_flight)
         # One with an event the projection quarantined has a stale row, or none: its own
         # events say whether it has a task in flight.
         self.submit(uuid.UUID(entry.aggregate_id) for entry in self.ctx.projector.quarantined()
@@ -126,64 +142,51 @@ class Worker:
 
     # ---- one pass ---------------------------------------------------------------------
 
-    def poll(self) -> int:
-        """Drive the instances that new events touched; return how many events were read."""
-        notifications = self.ctx.app.recorder.select_notifications(
-            self.position, NOTIFICATION_BATCH, inclusive_of_start=False
-        )
-        if notifications:
-            self.position = notifications[-1].id
-            self._forget_replaced_hosts(notifications)
-            self.submit(list(self._to_drive(notifications)))  # decoded outside the lock
+    def take_turn(self, stop: threading.Event) -> int:
+        """Wait for work (at most until something is due), drive what this serve is told
+        of or polled, and what is due; return how many notices or events came."""
+        told = self.feed.wait(self._until_due(), stop)
+        self.unprojected = self.unprojected or told.events
+        self._forget_replaced_hosts(told)
+        self.submit([instance_id for instance_id, version in told.work.items()
+                     if not self.records.recorded_here(instance_id, version)])
         self.check_offload_timer()
-        self.sweep_in_flight()
+        self.sweep_in_flight(force=told.missed)  # a lost connection: the notices too
         self.retry_held_elsewhere()
-        return len(notifications)
+        return told.notices
 
-    def _forget_replaced_hosts(self, notifications: Iterable[Notification]) -> None:
+    def _until_due(self) -> float:
+        """Seconds until the sweep, a held instance's retry or the projections are due."""
+        now = time.monotonic()
+        due = [self.last_sweep + SWEEP_SECONDS]
+        with self.lock:
+            due += [when for when, _ in self.held_retries.values()]
+        if self.unprojected:  # every PROJECTIONS_SECONDS, and once events stop coming
+            due += [self.last_projection + PROJECTIONS_SECONDS, now + PROJECTIONS_QUIET_SECONDS]
+        return max(0.0, min(due) - now)
+
+    def _forget_replaced_hosts(self, told: Told) -> None:
+        """A host removed, or its name added again (perhaps with another URI): its open
+        connection is dropped, so the next step there connects to what the store says."""
         forget = getattr(self.ctx.hosts, "forget", None)
-        for notification in notifications:
-            if notification.topic in HOST_REPLACED_TOPICS and forget is not None:
-                host = find(self.ctx.repo, uuid.UUID(str(notification.originator_id)), Host)
-                if host is not None:
-                    self.log.info("serve.host_connection_dropped", host=host.name)
-                    forget(host.name)
-
-    def _to_drive(self, notifications: Iterable[Notification]) -> Iterator[uuid.UUID]:
-        """The instances a new event touched, except where this process's own drive
-        recorded it (that drive went on from it already), or, with `serve --host`, where
-        the event names a host another serve owns (its next step is almost always on
-        that host; should it not be, the sweep finds it)."""
-        owned = self.settings.hosts
-        for notification in notifications:
-            if notification.topic.startswith(INSTANCE_TOPIC):
-                instance_id = uuid.UUID(str(notification.originator_id))
-                if self.records.recorded_here(instance_id, notification.originator_version):
-                    continue
-                if owned is None or self._event_host(notification) in (None, *owned):
-                    yield instance_id
-
-    def _event_host(self, notification: Notification) -> str | None:
-        """The host an event names; None if it names none, or can't be read (then it is
-        driven: a drive that finds nothing of its own to do costs one load)."""
-        mapper = self.ctx.app.mapper
-        try:
-            state = notification.state
-            if mapper.cipher:
-                state = mapper.cipher.decrypt(state)
-            if mapper.compressor:
-                state = mapper.compressor.decompress(state)
-            host = mapper.transcoder.decode(state).get("host")
-        except Exception:
-            return None
-        return host if isinstance(host, str) else None
+        for name in sorted(told.hosts):
+            if forget is not None:
+                self.log.info("serve.host_connection_dropped", host=name)
+                forget(name)
 
     def check_offload_timer(self, force: bool = False) -> None:
         """The deadline is derived from `shelved_at` in the store, so it survives restarts."""
         if self.settings.shelved_offload_time < 0:
             return
+        if isinstance(self.feed, PushFeed) and not self.dispatching:
+            return  # the dispatching serve's task: it records the offload requests
+        # At once (0): a shelve offloads in its own transaction; the timer only catches
+        # what was shelved before, and on PostgreSQL looks at the sweep's pace.
+        every = TIMER_SECONDS
+        if self.settings.shelved_offload_time == 0 and isinstance(self.feed, PushFeed):
+            every = SWEEP_SECONDS
         now = time.monotonic()
-        if not force and now - self.last_timer_check < TIMER_SECONDS:
+        if not force and now - self.last_timer_check < every:
             return
         self.last_timer_check = now
         rows = self.ctx.db.query(
@@ -205,6 +208,8 @@ class Worker:
         now = time.monotonic()
         with self.lock:
             due = [key for key, (when, _) in self.held_retries.items() if when <= now]
+            for key in due:  # tried now: due again only if found held again (_note_held)
+                self.held_retries[key] = (float("inf"), self.held_retries[key][1])
         self.submit(due)
 
     def _note_held(self, instance_id: uuid.UUID, held: bool) -> None:
@@ -215,6 +220,7 @@ class Worker:
             wait = self.held_retries.get(instance_id, (0.0, HELD_RETRY_START))[1]
             self.held_retries[instance_id] = (
                 time.monotonic() + wait, min(wait * 2, SWEEP_SECONDS))
+        self.feed.nudge()  # its wait was reckoned without this retry
 
     def _drive(self, instance_id: uuid.UUID) -> None:
         while True:
@@ -222,6 +228,9 @@ class Worker:
                 with self.leases.hold(instance_id) as held:
                     self._note_held(instance_id, held)
                     if held:  # else another serve drives it: tried again soon
+                        self.log.debug("drive.start", instance_id=str(instance_id))
+                        with self.lock:
+                            self.drives += 1
                         self.pm.drive(instance_id)
             except Unreadable as error:
                 self._set_aside(instance_id, error)
@@ -262,8 +271,12 @@ class Worker:
         backoff = BACKOFF_START
         while not stop.is_set():
             try:
-                read = self.poll()
-                self.catch_up_projections(idle=not read and not self.busy())
+                read = self.take_turn(stop)
+                busy = self.busy()
+                if not isinstance(self.feed, PushFeed):
+                    self.catch_up_projections(idle=not read and not busy)
+                elif self.unprojected:  # push: events came, and this serve dispatches
+                    self.catch_up_projections(idle=not read)
             except Exception as error:  # the database went away: wait for it, lose nothing
                 self.log.error("serve.store_unavailable", error=str(error), retry_in=backoff)
                 stop.wait(backoff)
@@ -272,11 +285,6 @@ class Worker:
             backoff = BACKOFF_START
             if once and not read and not self.busy():
                 break
-            if read < NOTIFICATION_BATCH:  # no backlog: new events wait at most this long.
-                # (Polling again at once while busy read a few events a time, and cost
-                # serve more CPU than the steps' own drives: they go on from their own
-                # events and need no poll.)
-                stop.wait(POLL_SECONDS)
         self.shutdown()
 
     def catch_up_projections(self, idle: bool) -> None:
@@ -287,6 +295,8 @@ class Worker:
             with self.leases.hold(projections_key(self.ctx.store)) as held:
                 if held:
                     self.ctx.projector.catch_up()
+                    # Push: written once idle (taken: again soon, see _until_due).
+                    self.unprojected = self.unprojected and not idle
             self.last_projection = now
 
     def _until_started(self, stop: threading.Event) -> None:
@@ -305,7 +315,8 @@ class Worker:
             self.pool.shutdown(wait=True)
             self.leases.close()
             self.serving.close()
-        finally:  # the bench reads its counts from this line
+            self.feed.close()
+        finally:  # the bench and the fleet's tests read their counts from this line
             commits = self.ctx.repo.commits
             self.log.info("serve.stopped", transactions=commits.transactions,
-                          saves=commits.saves, split=commits.split)
+                          saves=commits.saves, split=commits.split, drives=self.drives)

@@ -117,7 +117,8 @@ def run_one(args: argparse.Namespace, serves: int) -> dict[str, float]:
             waits = fleet.wakeups(min(args.wakeups, args.instances), args.spacing)
             for name, samples in waits.items():
                 for label, fraction in (("p50", 0.5), ("p99", 0.99)):
-                    result[f"{name} {label}"] = 1000 * percentile(samples, fraction)
+                    result[f"{name} {label}"] = (
+                        1000 * percentile(samples, fraction) if samples else float("nan"))
             note(f"fleet K={serves}: idle {args.idle_seconds:.0f} s")
             idle = fleet.idle(args.idle_seconds)
             for name, seconds in idle.seconds.items():

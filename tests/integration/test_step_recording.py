@@ -42,8 +42,8 @@ def shelve(h: Harness) -> tuple[CountedInt, list[str]]:
     batches: list[list[str]] = []
     write = commits._write
 
-    def write_and_note(stored: list[Any]) -> None:
-        write(stored)
+    def write_and_note(stored: list[Any], derived: list[Any]) -> None:
+        write(stored, derived)
         batches.append([event.topic.rsplit(".", 1)[-1] for event in stored])
 
     commits._write = write_and_note

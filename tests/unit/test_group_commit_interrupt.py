@@ -29,7 +29,7 @@ class InterruptedOnce:
         self.written: list[Any] = []
         self.calls = 0
 
-    def __call__(self, events: list[Any]) -> None:
+    def __call__(self, events: list[Any], derived: list[Any]) -> None:
         self.calls += 1
         if self.calls == 1:
             self.release.wait(10)
@@ -100,7 +100,7 @@ def test_a_batch_error_is_not_shared_between_threads() -> None:
     release = threading.Event()
     calls: list[int] = []
 
-    def fails(events: list[Any]) -> None:
+    def fails(events: list[Any], derived: list[Any]) -> None:
         calls.append(len(events))
         if len(calls) == 1:
             release.wait(10)
@@ -160,7 +160,7 @@ class InterruptedBeforeTakingItsBatch(GroupCommit):
 def test_a_leader_interrupted_before_its_first_batch_passes_the_lead_to_another() -> None:
     written: list[Any] = []
     queued = threading.Event()
-    commits = InterruptedBeforeTakingItsBatch(written.extend, queued)
+    commits = InterruptedBeforeTakingItsBatch(lambda events, _: written.extend(events), queued)
     outcomes: dict[str, Any] = {}
     leader = save_in_thread(commits, "a", outcomes)
     time.sleep(0.2)

@@ -1,5 +1,5 @@
-"""The rule `serve --host`'s hand-over rests on (application/worker.py `_to_drive`): whenever an
-instance's next step calls a hypervisor, the event recorded last names that step's host,
+"""The rule `serve --host`'s hand-over rests on with a SQLite store (application/poll_feed.py):
+whenever an instance's next step calls a hypervisor, the event recorded last names that step's host,
 or names none. The serve owning that host then hears of it from the event log; a serve
 owning another host skips it. Checked at every step boundary of every operation of
 test_plans, with every claim placed on another host than the instance booted on, so a

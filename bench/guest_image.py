@@ -69,12 +69,15 @@ def console_text(log: Path) -> str:
 
 def wait_for_console(log: Path, pattern: re.Pattern[str] | str, after: int = 0,
                      timeout: float = 120) -> str:
-    """The first console line matching `pattern` at or after character `after`; its
-    first group if it has one."""
+    """The first complete console line matching `pattern` at or after character `after`;
+    its first group if it has one. A line still being written is not looked at: the
+    serial console arrives a few characters at a time, and `bound 10.213.31.` would match
+    BOUND_LINE before its last digits came (seen once in CI)."""
     compiled = re.compile(re.escape(pattern)) if isinstance(pattern, str) else pattern
     deadline = time.monotonic() + timeout
     while True:
-        found = compiled.search(console_text(log), after)
+        text = console_text(log)
+        found = compiled.search(text[:text.rfind("\n") + 1], after)
         if found:
             return found.group(1) if compiled.groups else found.group(0)
         if time.monotonic() > deadline:

@@ -5,6 +5,7 @@ steps on."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -17,6 +18,9 @@ from domain.instance import Instance
 from domain.service import Repository, find
 
 HOST_VIEW_SECONDS = 5.0  # how stale a host may look when ranking (a claim always reloads it)
+# A host chosen for a claim counts as claimed in the ranking until the claim is seen saved,
+# or for this long (the drive failed, or another process saved it).
+CHOSEN_SECONDS = HOST_VIEW_SECONDS
 
 
 class HostRanking:
@@ -31,11 +35,21 @@ class HostRanking:
         self.served = served
         # name -> (when seen, host): for ranking only, see choose_host()
         self._host_cache: dict[str, tuple[float, Host]] = {}
+        # Claims chosen here but not yet seen saved: instance -> (host, memory MB, when).
+        # The ranking counts them at once, as Nova's scheduler consumes a request from its
+        # host state: concurrent claims of one serve spread over the hosts rather than
+        # race for the same best one, where all but one fail to save and try again.
+        self._chosen: dict[uuid.UUID, tuple[str, int, float]] = {}
+        self._chosen_lock = threading.Lock()
         self.log = structlog.get_logger("shelf.process_manager")
 
     def saw(self, host: Host) -> None:
         """Keeps this worker's ranking view current with what it saved itself."""
         self._host_cache[host.name] = (time.monotonic(), host)
+        with self._chosen_lock:
+            for instance_id in [key for key, (name, _, _) in self._chosen.items()
+                                if name == host.name and str(key) in host.claims]:
+                del self._chosen[instance_id]
 
     def choose_host(self, instance: Instance) -> Host:
         """The asked-for host, else the one with the most free memory that fits (Nova)."""
@@ -46,11 +60,11 @@ class HostRanking:
             return host
         need = (instance.vcpus, instance.memory_mb, instance.disk_gb)
         unserved: Host | None = None  # the best host that fits but that no serve performs
-        # Rank by what this worker last saw of each host, then load only the best candidate
-        # afresh: the claim is checked and saved against that fresh copy, so a stale
-        # ranking can cost a retry, never an over-commit.
-        for cached in sorted(self._known_hosts(), reverse=True,
-                             key=lambda host: (host.free()["memory_mb"], host.name)):
+        # Rank by what this worker last saw of each host, less the claims it is making
+        # there, then load only the best candidate afresh: the claim is checked and saved
+        # against that fresh copy, so a stale ranking can cost a retry, never an over-commit.
+        for cached in self._ranked(instance, self._known_hosts()):
+            self._choose(instance, cached)  # before the load: others rank it lower now
             served = self.served is None or self.served(cached.name)
             if not served and unserved is not None:
                 continue
@@ -60,16 +74,42 @@ class HostRanking:
             self._host_cache[fresh.name] = (time.monotonic(), fresh)
             if fresh.fits(*need):
                 if served:
-                    return fresh
+                    return self._choose(instance, fresh)
                 unserved = fresh
         if unserved is not None:
             # Rather than fail the request: its serve may be restarting, or about to start.
             # The claim waits there until it performs the steps.
-            return unserved
+            return self._choose(instance, unserved)
+        with self._chosen_lock:
+            self._chosen.pop(instance.id, None)  # no claim to make
         raise NoRoom(
             "No valid host was found. There are not enough hosts available "
             f"for {need[0]} vcpus, {need[1]} MB and {need[2]} GB."
         )
+
+    def _ranked(self, instance: Instance, hosts: list[Host]) -> list[Host]:
+        """`hosts`, most free memory first, less the claims chosen here and not seen saved
+        (but `instance`'s own: tried again after a lost race); the first is chosen for
+        `instance` at once, so that a claim ranking next sees it (forgets the expired)."""
+        now = time.monotonic()
+        memory: dict[str, int] = {}
+        with self._chosen_lock:
+            self._chosen.pop(instance.id, None)
+            for key, (name, memory_mb, when) in list(self._chosen.items()):
+                if now - when > CHOSEN_SECONDS:
+                    del self._chosen[key]
+                else:
+                    memory[name] = memory.get(name, 0) + memory_mb
+            ranked = sorted(hosts, reverse=True, key=lambda host: (
+                host.free()["memory_mb"] - memory.get(host.name, 0), host.name))
+            if ranked:
+                self._chosen[instance.id] = (ranked[0].name, instance.memory_mb, now)
+        return ranked
+
+    def _choose(self, instance: Instance, host: Host) -> Host:
+        with self._chosen_lock:
+            self._chosen[instance.id] = (host.name, instance.memory_mb, time.monotonic())
+        return host
 
     def _placeable(self, host_id: uuid.UUID) -> Host | None:
         """The host, None if there is none or its events can't be read: such a host is

@@ -163,3 +163,34 @@ def test_a_claim_that_lost_a_race_goes_on_from_the_stored_state(
     assert str(vm.id) in ctx.hosts.driver("h2").domains()
     assert str(vm.id) not in ctx.hosts.driver("h1").domains()
     ctx.close()
+
+
+def test_claims_in_flight_in_one_serve_go_to_different_hosts(
+    store_url: str, tmp_path: Path
+) -> None:
+    """Four claims chosen before any is saved (four drive threads of one serve) go to the
+    four equal hosts, one each, as Nova's scheduler consumes each request from its host
+    state: they no longer all pick the same best host, where all but one lost the race
+    at save and placed again. Once a claim is seen saved, its choice stops counting."""
+    ctx = Context(store_url, tmp_path / "data")
+    for name in ("h1", "h2", "h3", "h4"):
+        node = node_xml(tmp_path / f"{name}.xml")
+        ctx.service.add_host(name, f"test://{node}", 8, 8192, 100, "t", new_request_id())
+    ranking = HostRanking(ctx.repo)
+    vms = [ctx.service.boot(name=f"vm{n}", host=None, vcpus=1, memory_mb=1024, disk_gb=1,
+                            image_id=None, volume_backed=False, user="t",
+                            request_id=new_request_id()) for n in range(4)]
+    chosen = [ranking.choose_host(vm) for vm in vms]
+    assert sorted(host.name for host in chosen) == ["h1", "h2", "h3", "h4"]
+    # The first claim saved (on h4: ties go to the last name): its choice is forgotten,
+    # so its memory counts once, in h4's own claims, and not twice.
+    first, host = vms[0], chosen[0]
+    host.claim(str(first.id), 1, 1024, 1, "t", "req")
+    first.record_claimed(user="t", request_id="req", host=host.name)
+    ctx.repo.save(host, first)
+    ranking.saw(host)
+    again = ranking.choose_host(ctx.service.boot(
+        name="vm9", host=None, vcpus=1, memory_mb=1024, disk_gb=1, image_id=None,
+        volume_backed=False, user="t", request_id=new_request_id()))
+    assert again.name == "h4"  # 7168 MB free on each (counted twice, h4 had 6144)
+    ctx.close()

@@ -66,13 +66,21 @@ class StoreURL:
     def redacted(self) -> str:
         return self.url.replace(f":{self.pg_password}@", ":***@") if self.pg_password else self.url
 
-    def psycopg_conninfo(self) -> str:
+    def psycopg_conninfo(self, purpose: str = "") -> str:
+        """`purpose` names the connection in pg_stat_activity (`application_name`
+        shelf/PURPOSE), so an operator sees what each of a serve's few is for."""
         # A server that accepts the connection and never answers must not hang a command:
         # the same bound as the event store's own connections (POSTGRES_CONNECT_TIMEOUT).
         parts = {"dbname": self.pg_dbname, "host": self.pg_host, "port": str(self.pg_port),
                  "user": self.pg_user, "password": self.pg_password,
-                 "connect_timeout": str(PG_CONNECT_TIMEOUT)}
+                 "connect_timeout": str(PG_CONNECT_TIMEOUT),
+                 "application_name": connection_name(purpose) if purpose else ""}
         return " ".join(f"{key}={value}" for key, value in parts.items() if value)
+
+
+def connection_name(purpose: str) -> str:
+    """The `application_name` of a connection made for `purpose` (no spaces: conninfo)."""
+    return f"shelf/{purpose}"
 
 
 def parse_store_url(url: str) -> StoreURL:
@@ -107,7 +115,10 @@ AGGREGATE_CACHE = {"AGGREGATE_CACHE_MAXSIZE": "10000", "AGGREGATE_CACHE_FASTFORW
                    "DEEPCOPY_FROM_AGGREGATE_CACHE": "y"}
 
 
-def environment_for(store: StoreURL) -> dict[str, str]:
+def environment_for(store: StoreURL, pool: int | None = None) -> dict[str, str]:
+    """`pool`: at most that many connections to PostgreSQL for the events (a serve's,
+    application/worker.py `pool_size`), one kept while idle; None: eventsourcing's pool
+    as every other command has it (4, and 4 more under load)."""
     if store.backend == "sqlite":
         assert store.sqlite_path is not None
         return {"PERSISTENCE_MODULE": "eventsourcing.sqlite", **AGGREGATE_CACHE,
@@ -117,7 +128,8 @@ def environment_for(store: StoreURL) -> dict[str, str]:
         "PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_DBNAME": store.pg_dbname,
         "POSTGRES_HOST": store.pg_host, "POSTGRES_PORT": str(store.pg_port),
         "POSTGRES_USER": store.pg_user, "POSTGRES_PASSWORD": store.pg_password,
-        "POSTGRES_POOL_SIZE": "4", "POSTGRES_MAX_OVERFLOW": "4",
+        "POSTGRES_POOL_SIZE": "1" if pool else "4",
+        "POSTGRES_MAX_OVERFLOW": str(pool - 1) if pool else "4",
         # No ping before each use (a round trip per statement): a connection broken by a
         # server restart fails once, is dropped by the pool and the recorder retries
         # (tests/integration/test_database_loss.py restarts PostgreSQL under a worker).
@@ -128,6 +140,17 @@ def environment_for(store: StoreURL) -> dict[str, str]:
     if store.pg_schema:
         env["POSTGRES_SCHEMA"] = store.pg_schema
     return env
+
+
+def pool_waits(app: Application[Any]) -> dict[str, int]:
+    """How many times a thread found none of the event store's PostgreSQL connections
+    free and waited, and for how long in all (ms); nothing on SQLite."""
+    pool = getattr(getattr(app.recorder, "datastore", None), "pool", None)
+    if not hasattr(pool, "get_stats"):  # psycopg_pool's: SQLite's pool is eventsourcing's
+        return {}
+    stats = pool.get_stats()
+    return {"pool_waits": stats.get("requests_queued", 0),
+            "pool_wait_ms": stats.get("requests_wait_ms", 0)}
 
 
 def project_events(aggregate: Any, events: Iterable[Any]) -> Any:
@@ -308,15 +331,15 @@ def local_writer(store: StoreURL) -> AbstractContextManager[Any]:
 SCHEMA_LOCK_KEY = 0x5E1F
 
 
-def open_application(store: StoreURL) -> ShelfApplication:
+def open_application(store: StoreURL, pool: int | None = None) -> ShelfApplication:
     if store.backend == "sqlite" and store.sqlite_path is not None:
         store.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
         return ShelfApplication(env=environment_for(store))
     import psycopg  # here: a SQLite store never pays for importing it
 
-    with psycopg.connect(store.psycopg_conninfo(), autocommit=True) as conn:
+    with psycopg.connect(store.psycopg_conninfo("schema"), autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK_KEY,))
         try:
-            return ShelfApplication(env=environment_for(store))
+            return ShelfApplication(env=environment_for(store, pool))
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK_KEY,))

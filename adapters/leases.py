@@ -11,6 +11,11 @@ instance: a file per instance cost a file creation per new instance (a tenth of 
 time) and left a file behind for every instance ever.
 
 `held_elsewhere` looks at a lease without taking it (adapters/serving.py asks it).
+
+A serve's instance leases and its serving leases (adapters/serving.py) share one
+`InstanceLeases`, so one PostgreSQL session: a lease lives as long as its session, so
+that connection is never a pooled one. `lost_since` tells its users when the session
+was made again (the leases taken in the old one went with it).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class InstanceLeases:
         self._pg: psycopg.Connection[Any] | None = None
         self._file: int | None = None
         self._held: set[uuid.UUID] = set()
+        self._sessions = 0  # PostgreSQL connections made: each a session of its own
 
     @contextmanager
     def hold(self, instance_id: uuid.UUID) -> Iterator[bool]:
@@ -56,15 +62,20 @@ class InstanceLeases:
             with self._lock:
                 self._held.discard(instance_id)
 
-    def held_elsewhere(self, key: uuid.UUID) -> bool:
-        """Whether another holder (not this object) has the lease now. Looked at, not
-        taken: taking it to see would make it look free to the holder, and held to
-        another looking at the same moment."""
+    def held_elsewhere(self, *keys: uuid.UUID) -> bool:
+        """Whether another holder (not this object) has one of these leases now, in one
+        look (a query on PostgreSQL). Looked at, not taken: taking it to see would make
+        it look free to the holder, and held to another looking at the same moment."""
         if self.store.backend == "postgres":
-            high, low = advisory_halves(key)
+            halves = [advisory_halves(key) for key in keys]
             with self._lock:
-                row = self._connection().execute(_PG_HELD, (high, low)).fetchone()
+                row = self._connection().execute(_PG_HELD, (
+                    [high for high, _ in halves], [low for _, low in halves])).fetchone()
             return bool(row and row[0])
+        return any(self._file_held(key) for key in keys)
+
+    def _file_held(self, key: uuid.UUID) -> bool:
+        """An open file description's own locks never conflict with it: not reported."""
         answer = fcntl.fcntl(self._lease_file(), fcntl.F_OFD_GETLK,
                              _flock(fcntl.F_WRLCK, _file_offset(key)))
         kind: int = struct.unpack(_FLOCK, answer)[0]
@@ -91,17 +102,30 @@ class InstanceLeases:
         if self._pg is None or self._pg.closed or self._pg.broken:
             # Bounded: a lost server must not stall serve's loop for TCP's 15 minutes.
             self._pg = _psycopg().connect(
-                self.store.psycopg_conninfo(), autocommit=True, connect_timeout=10,
+                self.store.psycopg_conninfo("leases"), autocommit=True, connect_timeout=10,
                 keepalives=1, keepalives_idle=30, keepalives_interval=10,
                 keepalives_count=3)
+            self._sessions += 1
         return self._pg
 
-    def lost_session(self) -> bool:
-        """Whether the PostgreSQL session (and every advisory lock it held) is gone: asked
-        of the server, since an idle connection doesn't know (the next use reconnects)."""
+    def session(self) -> int:
+        """The session leases are taken in now (connected if need be), for `lost_since`;
+        0 for a lease file, which no restart loses."""
+        if self.store.backend != "postgres":
+            return 0
         with self._lock:
-            if self._pg is None:
-                return False
+            self._connection()
+            return self._sessions
+
+    def lost_since(self, session: int) -> bool:
+        """Whether that session, and every lease taken in it, is gone: another was made
+        since (a use found it dropped), or the server says so now (an idle connection
+        doesn't know it was dropped; the next use makes a new one)."""
+        if self.store.backend != "postgres":
+            return False
+        with self._lock:
+            if self._sessions != session or self._pg is None:
+                return True
             try:
                 self._pg.execute("SELECT 1")
             except _psycopg().Error:
@@ -142,11 +166,14 @@ class InstanceLeases:
 
 
 _FLOCK = "hhqqi4x"  # struct flock on Linux x86-64 and arm64: 32 bytes
-# An advisory lock on a bigint key shows in pg_locks as two 32-bit halves.
+# An advisory lock on a bigint key shows in pg_locks as two 32-bit halves; one held by
+# the asking session is not held elsewhere.
 _PG_HELD = (
-    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
-    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-    " AND classid = %s::bigint::oid AND objid = %s::bigint::oid AND objsubid = 1)")
+    "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN unnest(%s::bigint[], %s::bigint[])"
+    " AS k(high, low) ON l.classid = k.high::oid AND l.objid = k.low::oid"
+    " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+    " AND l.pid <> pg_backend_pid()"
+    " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))")
 
 
 # Every advisory lock on a bigint key granted in this database, as pg_locks shows them.

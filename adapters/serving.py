@@ -36,22 +36,26 @@ def projections_key(store: StoreURL) -> uuid.UUID:
 
 
 class ServingLeases:
-    """A serve's serving leases, held until `close`, through an `InstanceLeases` of their
-    own (a PostgreSQL session, an open lease file), so that another in this process
-    asking `held_elsewhere` sees them held too."""
+    """A serve's serving leases, held until `close`, through the `InstanceLeases` it
+    drives its instances with (one PostgreSQL session for all of a serve's leases), or
+    one of their own if none is given."""
 
-    def __init__(self, store: StoreURL, hosts: frozenset[str] | None) -> None:
+    def __init__(self, store: StoreURL, hosts: frozenset[str] | None,
+                 leases: InstanceLeases | None = None) -> None:
         self._store = store
-        self._leases = InstanceLeases(store)
+        self._own_leases = leases is None
+        self._leases = leases or InstanceLeases(store)
         self._hosts: frozenset[str | None] = frozenset(hosts) if hosts else frozenset({None})
         self._holding: dict[str | None, ExitStack] = {}
         self._dispatch: ExitStack | None = None
+        self._session: int | None = None  # the session they were taken in
 
     def refresh(self) -> list[str]:
         """Take every lease not held yet (at start, and again after the database session
         was lost with them); return the owned hosts another serve holds too."""
-        if self._leases.lost_session():  # they ended with it
-            self.release_all()
+        if self._session is not None and self._leases.lost_since(self._session):
+            self.release_all()  # they ended with it
+        self._session = self._leases.session()
         elsewhere = []
         for host in self._hosts - set(self._holding):
             stack = ExitStack()
@@ -63,6 +67,13 @@ class ServingLeases:
                     elsewhere.append(host)
         return sorted(elsewhere)
 
+    def served(self, host: str) -> bool:
+        """Whether some serve performs the steps on `host`: this one (its host, or every
+        host), or another holding that host's lease or the every-host one (one look)."""
+        if host in self._hosts or None in self._hosts:
+            return True
+        return self._leases.held_elsewhere(serving_key(self._store, None),
+                                           serving_key(self._store, host))
     def dispatching(self) -> bool:
         """Whether this serve holds the dispatch lease, taken now if free: one serve at a
         time is told of the work routed to no host; when it dies, another takes it."""
@@ -86,7 +97,8 @@ class ServingLeases:
         try:
             self.release_all()
         finally:
-            self._leases.close()
+            if self._own_leases:
+                self._leases.close()
 
 
 class ServingLook:
@@ -106,8 +118,8 @@ class ServingLook:
         """Those of `hosts` that are served; None when the store can't be asked now."""
         hosts = set(hosts)
         if self._leases is not None:
-            return {host for host in hosts
-                    if served_elsewhere(self._leases, self._store, host)}
+            return {host for host in hosts if self._leases.held_elsewhere(
+                serving_key(self._store, None), serving_key(self._store, host))}
         import psycopg  # a PostgreSQL store's: a SQLite one never loads it
 
         try:
@@ -125,8 +137,3 @@ class ServingLook:
         if self._leases is not None:
             self._leases.close()
 
-
-def served_elsewhere(leases: InstanceLeases, store: StoreURL, host: str) -> bool:
-    """Whether another process holds the lease of a serve of `host` or of every host."""
-    return (leases.held_elsewhere(serving_key(store, None))
-            or leases.held_elsewhere(serving_key(store, host)))

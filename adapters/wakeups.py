@@ -117,7 +117,7 @@ class Wakeups:
     def connect(self) -> None:
         self.close()
         # Bounded, with keepalives: a lost server must show, not hang the wait for ever.
-        conn = psycopg.connect(self._store.psycopg_conninfo(), autocommit=True,
+        conn = psycopg.connect(self._store.psycopg_conninfo("wakeups"), autocommit=True,
                                keepalives=1, keepalives_idle=30, keepalives_interval=10,
                                keepalives_count=3)
         for name in sorted(self._channels):

@@ -33,6 +33,8 @@ from psycopg.sql import SQL, Identifier
 from domain.instance import Instance
 
 WORK_TABLE = "shelf_work"
+POOL_NAME = "shelf/events"  # adapters/eventstore.py `connection_name`, of the event store's
+POOL_IDLE_SECONDS = 60.0
 ANY, ALL = "*any", "*all"  # the channels of unrouted work, and of every notice
 HOST_NOTICE = "host "  # a notice's payload: "host NAME", its connection to be dropped
 
@@ -102,6 +104,12 @@ class WorkRecorder(PostgresApplicationRecorder):
     in the transaction of the events (`insert_events(events, work=...)`)."""
 
     def __init__(self, datastore: Any, *, events_table_name: str = "stored_events") -> None:
+        # Before the pool's first connection, which eventsourcing's __init__ makes (it
+        # offers no setting for either): its connections named in pg_stat_activity, and
+        # one left unused for POOL_IDLE_SECONDS closed (psycopg_pool's default: 10
+        # minutes), down to the pool's minimum, so an idle serve keeps one.
+        datastore.pool.kwargs["application_name"] = POOL_NAME
+        datastore.pool.max_idle = POOL_IDLE_SECONDS
         super().__init__(datastore, events_table_name=events_table_name)
         table = Identifier(self.datastore.schema, WORK_TABLE)
         self.sql_create_statements += [

@@ -61,12 +61,15 @@ class Context:
         # Set by an entrypoint that shows a long catch-up to a person (the CLI on a tty).
         self.catch_up_progress: Callable[[int, int], None] | None = None
         self.connect_timeout: float | None = None  # `--connect-timeout`, else the environment's
+        # At most this many connections to PostgreSQL for the events (serve's, set before
+        # the store is opened: application/worker.py `pool_size`); None: eventsourcing's.
+        self.pool_size: int | None = None
         # Told, once, how many events the projections have quarantined (if any).
         self.on_quarantined: Callable[[int], None] | None = None
 
     @cached_property
     def app(self) -> ShelfApplication:
-        return open_application(self.store)
+        return open_application(self.store, self.pool_size)
 
     @cached_property
     def repo(self) -> EventStoreRepository:

@@ -21,8 +21,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import structlog
 
+from adapters.eventstore import pool_waits
 from adapters.leases import InstanceLeases
-from adapters.serving import ServingLeases, projections_key, serving_key
+from adapters.serving import ServingLeases, projections_key
 from adapters.wakeups import Told
 from application.bootstrap import Context
 from application.poll_feed import INSTANCE_TOPIC, POLL_SECONDS, PollFeed
@@ -50,6 +51,18 @@ PROJECTIONS_QUIET_SECONDS = 0.05
 # thread writing a group commit gives it up for every database call and must get it back
 # each time; behind busy drive threads that wait is what made a 0.4 ms commit take 2 ms.
 SWITCH_INTERVAL = 0.0005
+# A serve's connections to PostgreSQL for the events (eventsourcing's pool), at most: its
+# drive threads and its loop each use one at a time, for a read or for the group commit
+# that writes for all, and a thread finding none free waits its turn (FIFO, bounded by
+# the store's connect timeout). With its leases' session and its LISTEN connection (and
+# the projections' on the dispatching serve), a serve holds at most 5 (6), so a few
+# hundred fit one PostgreSQL server; an idle serve keeps one (work_table.py).
+POOL_MAX = 3
+
+
+def pool_size(threads: int) -> int:
+    """The most connections to the events a serve of `threads` drive threads opens."""
+    return min(threads + 1, POOL_MAX)
 
 
 class Worker:
@@ -59,8 +72,9 @@ class Worker:
     ) -> None:
         self.ctx = ctx
         self.settings = settings
+        # One PostgreSQL session for the instances' leases and the serving leases.
         self.leases = InstanceLeases(ctx.store)
-        self.serving = ServingLeases(ctx.store, settings.hosts)
+        self.serving = ServingLeases(ctx.store, settings.hosts, self.leases)
         # Asked whether an event is one this process recorded itself (see _to_drive).
         self.records = StepRecorder(ctx.repo)
         # A serve of every host performs any host's steps itself: it asks nobody.
@@ -111,7 +125,10 @@ class Worker:
                 self.log.info("serve.resuming", instances=len(mine))
             self.submit(mine)
             if not self.dispatching:
-                return  # what follows reads everyone's: the dispatching serve's task
+                # What follows reads everyone's, and the projections are written by the
+                # dispatching serve: their connection (made at start) is not kept open.
+                self.ctx.db.close()
+                return
         in_flight = [uuid.UUID(row["id"]) for row in self.ctx.db.query(
             "SELECT id FROM instances WHERE task_state IS NOT NULL")]
         if isinstance(self.feed, PushFeed):  # rows missing: written again, their serves told
@@ -134,11 +151,7 @@ class Worker:
     def is_served(self, host: str) -> bool:
         """`serve --host`: whether some serve performs the steps on `host`: this one, one
         of every host, or one of that host."""
-        if host in (self.settings.hosts or ()):
-            return True
-        store = self.ctx.store
-        return (self.leases.held_elsewhere(serving_key(store, None))
-                or self.leases.held_elsewhere(serving_key(store, host)))
+        return self.serving.served(host)
 
     # ---- one pass ---------------------------------------------------------------------
 
@@ -313,10 +326,11 @@ class Worker:
     def shutdown(self) -> None:
         try:
             self.pool.shutdown(wait=True)
-            self.leases.close()
             self.serving.close()
+            self.leases.close()  # the session, and any lease still in it
             self.feed.close()
         finally:  # the bench and the fleet's tests read their counts from this line
             commits = self.ctx.repo.commits
             self.log.info("serve.stopped", transactions=commits.transactions,
-                          saves=commits.saves, split=commits.split, drives=self.drives)
+                          saves=commits.saves, split=commits.split, drives=self.drives,
+                          **pool_waits(self.ctx.app))

@@ -214,10 +214,11 @@ def image_list(ctx: Context, args: argparse.Namespace) -> int:
 # ---- the worker ---------------------------------------------------------------------------
 
 def serve(ctx: Context, args: argparse.Namespace) -> int:
-    from application.worker import Worker  # and structlog: other commands don't pay for them
-    from domain.process_manager import Settings
+    from application.worker import Worker, pool_size  # and structlog: other commands don't
+    from domain.process_manager import Settings  # pay for them
 
     ctx.connect_timeout = args.connect_timeout  # before the first host connection
+    ctx.pool_size = pool_size(args.threads)  # before the store is opened
     settings = Settings(
         shelved_offload_time=args.shelved_offload_time,
         shutdown_timeout=args.shutdown_timeout,

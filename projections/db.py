@@ -44,7 +44,8 @@ class Database:
                 self._sqlite.create_function("regexp", 2, _regexp, deterministic=True)
             return self._sqlite
         if self._pg is None or self._pg.closed or self._pg.broken:
-            self._pg = _psycopg().connect(self.store.psycopg_conninfo(), autocommit=True)
+            self._pg = _psycopg().connect(self.store.psycopg_conninfo("projections"),
+                                         autocommit=True)
             if self.store.pg_schema:
                 self._pg.execute(f'SET search_path TO "{self.store.pg_schema}"')
         return self._pg

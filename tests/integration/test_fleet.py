@@ -12,11 +12,13 @@ instances a serve drove is read from its log (`drive.start`, at debug level), an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -41,8 +43,9 @@ DEADLINE = 120.0
 class Fleet:
     """K serves; serve k owns hosts h{k}, h{k+K}, ... (`per_serve` each)."""
 
-    def __init__(self, url: str, tmp: Path, serves: int, per_serve: int = 2) -> None:
-        self.url, self.tmp = url, tmp
+    def __init__(self, url: str, tmp: Path, serves: int, per_serve: int = 2,
+                 threads: int = 2) -> None:
+        self.url, self.tmp, self.threads = url, tmp, threads
         self.ctx = Context(url, tmp / "data")
         self.hosts = [f"h{n}" for n in range(serves * per_serve)]
         self.owned = [frozenset(self.hosts[k::serves]) for k in range(serves)]
@@ -67,7 +70,7 @@ class Fleet:
         with self.log(k).open("wb") as log:
             self.procs[k] = subprocess.Popen(
                 [sys.executable, "-m", "cli.main", "--store", self.url, "serve",
-                 "--shutdown-timeout", "0", "--threads", "2", *argv],
+                 "--shutdown-timeout", "0", "--threads", str(self.threads), *argv],
                 env=env, stdout=log, stderr=log, cwd=ROOT)
 
     def wait_served(self, host: str) -> None:
@@ -163,8 +166,8 @@ class Fleet:
 def fleet_of(pg_url: str, tmp_path: Path) -> Iterator[Any]:
     made: list[Fleet] = []
 
-    def make(serves: int, per_serve: int = 2) -> Fleet:
-        made.append(Fleet(pg_url, tmp_path, serves, per_serve))
+    def make(serves: int, per_serve: int = 2, threads: int = 2) -> Fleet:
+        made.append(Fleet(pg_url, tmp_path, serves, per_serve, threads))
         return made[-1]
 
     yield make
@@ -269,3 +272,60 @@ def test_a_killed_serve_leaves_its_hosts_work_to_its_restart(fleet_of: Any) -> N
     fleet.settle(victims, "active")
     fleet.stop()
     same_steps(fleet, every)
+
+
+def backends_of(conn: psycopg.Connection[Any], pid: int) -> list[str]:
+    """The application names of the PostgreSQL backends process `pid` is connected to, as
+    pg_stat_activity shows them: those whose client port is one of the process's TCP
+    sockets (read from /proc), not what the process says of itself."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            link = os.readlink(fd)
+            if link.startswith("socket:["):
+                inodes.add(link[len("socket:["):-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    rows = conn.execute("SELECT client_port, application_name FROM pg_stat_activity "
+                        "WHERE datname = current_database()").fetchall()
+    return sorted(name for port, name in rows if port in ports)
+
+
+def test_a_serve_holds_few_connections(fleet_of: Any) -> None:
+    """Under load a serve holds at most 5 connections to PostgreSQL, the dispatching one
+    (it writes the projections) 6, with the bench's 4 drive threads: a few hundred
+    serves fit one server."""
+    fleet: Fleet = fleet_of(2, per_serve=2, threads=4)
+    for host in fleet.hosts:
+        fleet.wait_served(host)
+    peaks: dict[int, list[str]] = {0: [], 1: []}
+    stop = threading.Event()
+
+    def sample() -> None:
+        with psycopg.connect(fleet.ctx.store.psycopg_conninfo(), autocommit=True) as conn:
+            while not stop.is_set():
+                for k, proc in enumerate(fleet.procs):
+                    assert proc is not None
+                    seen = backends_of(conn, proc.pid)
+                    if len(seen) > len(peaks[k]):
+                        peaks[k] = seen
+                stop.wait(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        ids = [fleet.boot(host) for host in fleet.hosts for _ in range(3)]
+        fleet.settle(ids, "active")
+        cycle(fleet, ids, pinned=False)  # unshelves placed by the dispatching serve
+    finally:
+        stop.set()
+        sampler.join()
+    fleet.stop()
+    counts = sorted(len(seen) for seen in peaks.values())
+    assert counts[0] >= 3, peaks  # seen at all: the events, the leases, the wake-ups
+    assert counts[0] <= 5 and counts[1] <= 6, peaks
+    same_steps(fleet, ids)

@@ -106,8 +106,9 @@ class WorkRecorder(PostgresApplicationRecorder):
     def __init__(self, datastore: Any, *, events_table_name: str = "stored_events") -> None:
         # Before the pool's first connection, which eventsourcing's __init__ makes (it
         # offers no setting for either): its connections named in pg_stat_activity, and
-        # one left unused for POOL_IDLE_SECONDS closed (psycopg_pool's default: 10
-        # minutes), down to the pool's minimum, so an idle serve keeps one.
+        # after each POOL_IDLE_SECONDS in which one was never needed, one closed
+        # (psycopg_pool's default: 10 minutes), down to the pool's minimum, so an idle
+        # serve keeps one.
         datastore.pool.kwargs["application_name"] = POOL_NAME
         datastore.pool.max_idle = POOL_IDLE_SECONDS
         super().__init__(datastore, events_table_name=events_table_name)

@@ -145,7 +145,7 @@ def environment_for(store: StoreURL, pool: int | None = None) -> dict[str, str]:
 def pool_waits(app: Application[Any]) -> dict[str, int]:
     """How many times a thread found none of the event store's PostgreSQL connections
     free and waited, and for how long in all (ms); nothing on SQLite."""
-    pool = getattr(getattr(app.recorder, "datastore", None), "pool", None)
+    pool: Any = getattr(getattr(app.recorder, "datastore", None), "pool", None)
     if not hasattr(pool, "get_stats"):  # psycopg_pool's: SQLite's pool is eventsourcing's
         return {}
     stats = pool.get_stats()

@@ -21,7 +21,7 @@ from adapters.eventstore import SCHEMA_LOCK_KEY, project_events
 from adapters.folding import apply_event
 from adapters.logs import get_logger
 from adapters.poison import is_event_fault
-from domain.errors import ShelfError, UsageError
+from domain.errors import UsageError
 from domain.host import Host
 from domain.instance import Instance
 from projections import quarantine
@@ -30,6 +30,7 @@ from projections.base import Change, Projection, is_utc_text, topics_of, utc_tex
 from projections.db import Database
 from projections.instances import InstancesProjection
 from projections.reading import EventReader
+from projections.schema import Schema, index_names
 from projections.usage import HostUsageProjection
 
 _log = get_logger("shelf.projections")
@@ -37,10 +38,6 @@ BATCH = 1000
 # Held by a rebuild on PostgreSQL (an advisory lock, like SCHEMA_LOCK_KEY).
 REBUILD_LOCK_KEY = SCHEMA_LOCK_KEY + 1
 REBUILD_BATCH = 5000
-
-TRACKING_SCHEMA = """CREATE TABLE IF NOT EXISTS projection_tracking (
-    name TEXT PRIMARY KEY, position BIGINT NOT NULL)"""
-
 
 Progress = Callable[[int, int], None]
 
@@ -81,133 +78,17 @@ class ProjectionRunner:
         self._aggregates: dict[uuid.UUID, Any] = {}
         self._last_at: dict[uuid.UUID, str] = {}  # each cached aggregate's last event time
         self._written: dict[str, int] = {}  # what this runner last wrote: its caches' basis
-        self._schema_ready = False
-        self._indexes_deferred = False  # a replay builds them at its end
         self.replaying = False  # this runner is (part of) a rebuild: it holds the lock
         self.reader = EventReader(db, app.mapper)
         self.one_by_one = quarantine.OneByOne(db, self._change, self._drop_aggregate)
+        self.schema = Schema(db, self.projections, self._rebuild_running_elsewhere,
+                             lambda name: self._written.pop(name, None))
 
     # ---- schema and positions ---------------------------------------------------------
 
     def ensure_schema(self) -> None:
         """Tables, tracking rows and (unless a replay has deferred them) indexes."""
-        if self._schema_ready:
-            return
-        # A rebuild in another process builds the indexes it dropped when it ends.
-        defer = self._indexes_deferred or self._rebuild_running_elsewhere()
-        with self.db.transaction():
-            self._lock_schema()
-            self.db.execute(TRACKING_SCHEMA)
-            self.db.execute(quarantine.SCHEMA)
-            self._drop_outdated_tables()
-            existing = self._index_names_present()
-            for projection in self.projections:
-                for statement in projection.schema:
-                    if not _is_index(statement):
-                        self.db.execute(statement)
-                    elif not defer and _index_name(statement) not in existing:
-                        self._create_index(statement)  # (asked first: CREATE ... IF NOT
-                        # EXISTS would lock the table even when the index is there)
-                self.db.execute("INSERT INTO projection_tracking (name, position) VALUES (?, 0) "
-                                "ON CONFLICT (name) DO NOTHING", (projection.name,))
-        # Deferred for another's rebuild: look again next time (it may have died).
-        self._schema_ready = self._indexes_deferred or not defer
-
-    def _drop_outdated_tables(self) -> None:
-        """A projection whose tables an older shelf made, without a column this one
-        writes (its `columns`, when it declares them): its tables are dropped here, made
-        anew below, and its position goes back to 0, so the next catch-up replays it."""
-        for projection in self.projections:
-            wanted: dict[str, Sequence[str]] = getattr(projection, "columns", {})
-            present = self._columns_present(list(wanted))
-            if all(set(columns) <= present[table] for table, columns in wanted.items()
-                   if present[table]):
-                continue
-            for table in projection.tables:
-                self.db.execute(f"DROP TABLE IF EXISTS {table}")
-            self.db.execute("UPDATE projection_tracking SET position = 0 WHERE name = ?",
-                            (projection.name,))
-            self._written.pop(projection.name, None)
-
-    def _columns_present(self, tables: list[str]) -> dict[str, set[str]]:
-        """Each table's column names (none for a table that doesn't exist)."""
-        found: dict[str, set[str]] = {table: set() for table in tables}
-        if not tables:
-            return found
-        if self.db.backend == "postgres":
-            rows = self.db.query(
-                "SELECT table_name AS t, column_name AS c FROM information_schema.columns "
-                "WHERE table_schema = current_schema() AND table_name = ANY(?)", (tables,))
-        else:
-            rows = [{"t": table, "c": row["name"]} for table in tables
-                    for row in self.db.query("SELECT name FROM pragma_table_info(?)", (table,))]
-        for row in rows:
-            found[row["t"]].add(row["c"])
-        return found
-
-    def _ensure_tables(self) -> None:
-        """The schema without building missing indexes: a rebuild drops them and builds
-        them at its end, from rows it has just replayed. (So a rebuild also mends a table
-        whose key could not be built.)"""
-        self._indexes_deferred = True
-        try:
-            self.ensure_schema()
-        finally:
-            self._indexes_deferred = self._schema_ready = False
-
-    def _index_names_present(self) -> set[str]:
-        if self.db.backend == "postgres":
-            rows = self.db.query("SELECT indexname AS name FROM pg_indexes "
-                                 "WHERE schemaname = current_schema()")
-        else:
-            rows = self.db.query("SELECT name FROM sqlite_master WHERE type = 'index'")
-        return {row["name"] for row in rows}
-
-    def _create_index(self, statement: str) -> None:
-        """Tables made before their key became a unique index have that key as their
-        primary key: on PostgreSQL the primary key is dropped once the index is there
-        (keeping both would cost every insert twice); SQLite can't drop it, so there the
-        primary key goes on serving as the key and the index is not made."""
-        table = _unique_index_table(statement)
-        primary = self._primary_key_columns(table) if table is not None else []
-        if primary and primary == _index_columns(statement):
-            if self.db.backend == "sqlite":
-                return
-            self._execute_index(statement)
-            self.db.execute(f"ALTER TABLE {table} DROP CONSTRAINT {table}_pkey")
-            return
-        self._execute_index(statement)
-
-    def _execute_index(self, statement: str) -> None:
-        try:
-            self.db.execute(statement)
-        except Exception as error:
-            table = _unique_index_table(statement)
-            if table is None:
-                raise
-            # Rows with one key twice (only a bug could store them while a rebuild had
-            # the key dropped): say what mends it, rather than fail every command.
-            raise ShelfError(
-                f"projection table {table} holds two rows with one key, so its index "
-                f"{_index_name(statement)} can't be built ({str(error).splitlines()[0]}); "
-                f"`shelf projections rebuild` replays it from the events") from error
-
-    def _primary_key_columns(self, table: str) -> list[str]:
-        if self.db.backend == "sqlite":
-            rows = self.db.query("SELECT name FROM pragma_table_info(?) WHERE pk > 0 "
-                                 "ORDER BY pk", (table,))
-        else:
-            rows = self.db.query(
-                "SELECT a.attname AS name FROM pg_constraint c "
-                "CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY AS k(attnum, n) "
-                "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum "
-                "WHERE c.conname = ? AND c.conrelid = to_regclass(?) ORDER BY k.n",
-                (f"{table}_pkey", table))
-        return [row["name"] for row in rows]
-
-    def _lock_schema(self) -> None:
-        if self.db.backend == "postgres":  # see SCHEMA_LOCK_KEY
-            self.db.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK_KEY,))
+        self.schema.ensure()
 
     def positions(self) -> dict[str, int]:
         self.ensure_schema()
@@ -394,7 +275,7 @@ class ProjectionRunner:
         With `jobs` > 1 on PostgreSQL the projections are replayed in that many processes
         at once (each one's rows and position still move together, batch by batch)."""
         chosen = self._chosen(names)
-        self._ensure_tables()
+        self.schema.ensure_tables()
         with self._rebuild_lock():
             self._empty(chosen)
             groups = split_by_cost(chosen, jobs if self.db.backend == "postgres" else 1)
@@ -445,7 +326,7 @@ class ProjectionRunner:
             for projection in chosen:
                 for table in projection.tables:
                     self.db.execute(f"TRUNCATE {table}" if postgres else f"DELETE FROM {table}")
-                for name in _index_names(projection) if postgres else ():
+                for name in index_names(projection) if postgres else ():
                     self.db.execute(f"DROP INDEX IF EXISTS {name}")
             self.db.executemany("UPDATE projection_tracking SET position = 0 WHERE name = ?",
                                 [(p.name,) for p in chosen])
@@ -464,22 +345,9 @@ class ProjectionRunner:
 
     @contextmanager
     def _indexes_built_after(self) -> Iterator[None]:
-        self._schema_ready, self._indexes_deferred = False, True
-        with _after(self._build_indexes):
+        self.schema.defer_indexes()
+        with _after(self.schema.build_indexes):
             yield
-
-    def _build_indexes(self) -> None:
-        """One index per transaction: other processes wait for the schema lock at most
-        one index build, not all of them. Should this fail, the next ensure_schema
-        (any command's first catch-up) builds what is missing."""
-        self._schema_ready, self._indexes_deferred = False, False
-        for projection in self.projections:
-            for statement in filter(_is_index, projection.schema):
-                with self.db.transaction():
-                    self._lock_schema()
-                    if _index_name(statement) not in self._index_names_present():
-                        self._create_index(statement)
-        self.ensure_schema()
 
     @contextmanager
     def _commits_not_awaited(self) -> Iterator[None]:
@@ -542,37 +410,6 @@ def _collector_paused() -> Iterator[None]:
         yield
     finally:
         gc.enable()
-
-
-def _is_index(statement: str) -> bool:
-    return statement.split()[:3] in (["CREATE", "INDEX", "IF"], ["CREATE", "UNIQUE", "INDEX"])
-
-
-def _index_names(projection: Projection) -> list[str]:
-    return [_index_name(statement) for statement in projection.schema if _is_index(statement)]
-
-
-def _index_name(statement: str) -> str:
-    """CREATE [UNIQUE] INDEX IF NOT EXISTS <name> ON ..."""
-    return _word_after(statement, "EXISTS")
-
-
-def _unique_index_table(statement: str) -> str | None:
-    """The table of a CREATE UNIQUE INDEX IF NOT EXISTS <name> ON <table> statement."""
-    if statement.split()[:3] != ["CREATE", "UNIQUE", "INDEX"]:
-        return None
-    return _word_after(statement, "ON")
-
-
-def _index_columns(statement: str) -> list[str]:
-    """The column names of CREATE ... INDEX ... ON <table> (a, "b", c)."""
-    inside = statement[statement.index("(") + 1:statement.rindex(")")]
-    return [column.strip().strip('"') for column in inside.split(",")]
-
-
-def _word_after(statement: str, word: str) -> str:
-    words = statement.split()
-    return words[words.index(word) + 1]
 
 
 class _Moved(Exception):

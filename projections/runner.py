@@ -17,17 +17,15 @@ from typing import Any, Protocol
 
 from eventsourcing.application import Application
 
-from adapters.eventstore import SCHEMA_LOCK_KEY, project_events
-from adapters.folding import apply_event
+from adapters.eventstore import SCHEMA_LOCK_KEY
 from adapters.logs import get_logger
 from adapters.poison import is_event_fault
 from domain.errors import UsageError
-from domain.host import Host
-from domain.instance import Instance
 from projections import quarantine
 from projections.audit_log import AuditProjection
-from projections.base import Change, Projection, is_utc_text, topics_of, utc_text
+from projections.base import Change, Projection, topics_of
 from projections.db import Database
+from projections.folding import Folder
 from projections.instances import InstancesProjection
 from projections.reading import EventReader
 from projections.schema import Schema, index_names
@@ -75,12 +73,12 @@ class ProjectionRunner:
         self.app, self.db = app, db
         self.projections = list(projections if projections is not None else all_projections())
         self.failpoint = failpoint or NoFailpoint()
-        self._aggregates: dict[uuid.UUID, Any] = {}
-        self._last_at: dict[uuid.UUID, str] = {}  # each cached aggregate's last event time
         self._written: dict[str, int] = {}  # what this runner last wrote: its caches' basis
         self.replaying = False  # this runner is (part of) a rebuild: it holds the lock
         self.reader = EventReader(db, app.mapper)
-        self.one_by_one = quarantine.OneByOne(db, self._change, self._drop_aggregate)
+        self.folder = Folder(app, self.reader)
+        self.one_by_one = quarantine.OneByOne(db, self.folder.change,
+                                              self.folder.drop_aggregate)
         self.schema = Schema(db, self.projections, self._rebuild_running_elsewhere,
                              lambda name: self._written.pop(name, None))
 
@@ -194,7 +192,7 @@ class ProjectionRunner:
         projection's write in a savepoint, and quarantine what fails. (Only then: the
         common path writes a batch in one go.)"""
         for row in rows:  # the failed try folded these: fold them again from the store
-            self._drop_aggregate(row[1])
+            self.folder.drop_aggregate(row[1])
 
         def write() -> list[quarantine.Quarantined]:
             return [entry for row in rows for entry in self.one_by_one.apply(group, row)]
@@ -229,43 +227,7 @@ class ProjectionRunner:
                 if unfoldable and row[1] in unfoldable:
                     skipped.append(row)
                 else:
-                    yield self._change(row)
-
-    def _change(self, row: tuple[Any, ...]) -> Change:
-        event, stored_time = self.reader.decode(row)
-        at = stored_time if is_utc_text(stored_time) else str(utc_text(event.timestamp))
-        previous_at, state = self._fold(event)
-        self._last_at[event.originator_id] = at
-        aggregate_id = row[1] if self.reader.ids_are_text else str(event.originator_id)
-        return Change(row[0], event, state, aggregate_id, at, previous_at)
-
-    def _drop_aggregate(self, stored_id: Any) -> None:
-        self._aggregates.pop(quarantine.uuid_of(stored_id), None)
-
-    def _fold(self, event: Any) -> tuple[str | None, Any]:
-        """(when the aggregate was last changed before `event`, the aggregate after it)."""
-        version = event.originator_version
-        cached = self._aggregates.get(event.originator_id)
-        if version == 1:
-            previous, state = None, apply_event(event, None)
-        elif cached is not None and cached.version == version - 1:
-            previous = self._last_at.get(event.originator_id) or utc_text(cached.modified_on)
-            state = apply_event(event, cached)
-        else:
-            before = self._load_before(event.originator_id, version, cached)
-            previous, state = utc_text(before.modified_on), apply_event(event, before)
-        if isinstance(state, Instance | Host):
-            self._aggregates[event.originator_id] = state
-        return previous, state
-
-    def _load_before(self, aggregate_id: uuid.UUID, version: int, cached: Any) -> Any:
-        """The aggregate just before `version`. A cached copy that another process's
-        catch-up left behind is brought forward with the events it missed (one query);
-        else it is loaded (its snapshot and the events after it)."""
-        if cached is not None and cached.version < version - 1:
-            missed = self.app.events.get(aggregate_id, gt=cached.version, lte=version - 1)
-            return project_events(cached, missed)
-        return self.app.repository.get(aggregate_id, version=version - 1)
+                    yield self.folder.change(row)
 
     # ---- rebuilding -------------------------------------------------------------------
 
@@ -337,9 +299,8 @@ class ProjectionRunner:
         for projection in self.projections:
             projection.forget(empty=True)
             self._written[projection.name] = 0
-        self._aggregates.clear()
+        self.folder.clear()
         self.one_by_one.unfoldable.clear()  # a fix may have made them readable
-        self._last_at.clear()
         with self._indexes_built_after(), self._commits_not_awaited(), _collector_paused():
             return self.catch_up(batch=REBUILD_BATCH, progress=progress)
 

@@ -74,6 +74,7 @@ class ServingLeases:
             return True
         return self._leases.held_elsewhere(serving_key(self._store, None),
                                            serving_key(self._store, host))
+
     def dispatching(self) -> bool:
         """Whether this serve holds the dispatch lease, taken now if free: one serve at a
         time is told of the work routed to no host; when it dies, another takes it."""

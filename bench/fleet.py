@@ -21,6 +21,7 @@ import datetime
 import io
 import itertools
 import os
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -156,6 +157,22 @@ def lifecycle_figures(args: argparse.Namespace) -> None:
         print(f"lifecycle | {line}")
 
 
+def measure_each(args: argparse.Namespace, ks: list[int]) -> dict[int, dict[str, float]]:
+    """Each K's figures, printed as soon as measured: a K that fails (a server that
+    allows too few connections for K serves) is reported in one line, and the rest run."""
+    results: dict[int, dict[str, float]] = {}
+    for k in ks:
+        try:
+            results[k] = run_one(args, k)
+        except (Exception, SystemExit) as error:
+            print(f"## K={k} serves: not measured: {str(error).strip().splitlines()[-1]}",
+                  flush=True)
+            continue
+        print_result(k, results[k])
+        sys.stdout.flush()
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--instances", type=int, default=600)
@@ -175,13 +192,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--serves must be numbers separated by commas")
     if ks[0] != 1 or ks[-1] > args.hosts:
         parser.error("--serves must start at 1 and none may exceed --hosts")
-    results = {k: run_one(args, k) for k in ks}
     print(f"# bench/fleet on postgres, {args.instances} instances, {args.hosts} hosts, "
-          f"K serves x {args.threads} threads, {machine()}")
-    for k, result in results.items():
-        print_result(k, result)
+          f"K serves x {args.threads} threads, {machine()}", flush=True)
+    results = measure_each(args, ks)
+    if 1 not in results:
+        return 1
     lifecycle_figures(args)
-    top = max(ks)
+    top = max(results)
     figure(f"CPU per cycle K={top} / K=1", results[top]["cpu"] / results[1]["cpu"])
     at = 8 if 8 in results else top
     if at != 8:

@@ -148,6 +148,16 @@ def test_a_flattened_snapshot_is_private_whatever_the_umask(tmp_path: Path) -> N
     assert oct((tmp_path / "image.img").stat().st_mode & 0o777) == "0o600"
 
 
+def test_a_flatten_bypasses_the_page_cache_only_where_the_filesystem_allows_it(
+    tmp_path: Path,
+) -> None:
+    disk = qcow2(tmp_path / "disk.qcow2")
+    assert disk_files._takes_direct_io(disk)  # ext4: the copy runs with -t none -T none
+    assert not disk_files._takes_direct_io(Path("/proc/version"))  # EINVAL: a plain copy
+    with pytest.raises(FileNotFoundError):  # any other error is not "unsupported"
+        disk_files._takes_direct_io(tmp_path / "missing")
+
+
 def test_a_remote_libvirtd_is_copy_and_nothing_is_tried_here(tmp_path: Path) -> None:
     for uri in ("qemu+ssh://localhost/system", "qemu+tcp://127.0.0.1/system"):
         assert choose_storage("h1", uri, tmp_path, None, tmp_path / "images", "auto") == COPY

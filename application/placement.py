@@ -8,7 +8,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import structlog
 
@@ -41,6 +42,9 @@ class HostRanking:
         # race for the same best one, where all but one fail to save and try again.
         self._chosen: dict[uuid.UUID, tuple[str, int, float]] = {}
         self._chosen_lock = threading.Lock()
+        # One per host: this process makes one claim at a time there (see `claiming`).
+        self._claim_locks: dict[str, threading.Lock] = {}
+        self._claim_locks_lock = threading.Lock()
         self.log = structlog.get_logger("shelf.process_manager")
 
     def saw(self, host: Host) -> None:
@@ -50,6 +54,18 @@ class HostRanking:
             for instance_id in [key for key, (name, _, _) in self._chosen.items()
                                 if name == host.name and str(key) in host.claims]:
                 del self._chosen[instance_id]
+
+    @contextmanager
+    def claiming(self, host_name: str) -> Iterator[bool]:
+        with self._claim_locks_lock:
+            lock = self._claim_locks.setdefault(host_name, threading.Lock())
+        waited = not lock.acquire(blocking=False)
+        if waited:
+            lock.acquire()
+        try:
+            yield waited
+        finally:
+            lock.release()
 
     def choose_host(self, instance: Instance) -> Host:
         """The asked-for host, else the one with the most free memory that fits (Nova)."""

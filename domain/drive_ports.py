@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from domain.host import Host
@@ -44,3 +45,8 @@ class Placement(Protocol):
 
     def saw(self, host: Host) -> None:
         """`host` as just saved by this process."""
+
+    def claiming(self, host_name: str) -> AbstractContextManager[bool]:
+        """Held while a claim on that host is made and saved: this process's other claims
+        there wait for it (as Nova's resource tracker claims under a lock) rather than
+        race it and lose at save. Says whether it waited (the host may have changed)."""

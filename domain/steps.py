@@ -176,24 +176,36 @@ class Steps:
 
     def claim(self, instance: Instance) -> Instance:
         for _ in range(CLAIM_ATTEMPTS):
-            host = self.placement.choose_host(instance)
-            host.claim(str(instance.id), instance.vcpus, instance.memory_mb, instance.disk_gb,
-                       instance.user or SERVICE_USER, instance.request_id or "")
-            self.failpoints.hit(f"after:{plans.CLAIM}")
-            instance.record_claimed(
-                user=instance.user or SERVICE_USER, request_id=instance.request_id or "",
-                host=host.name,
-            )
+            chosen = self.placement.choose_host(instance)
             try:
-                self.records.save(host, instance)
-                self.placement.saw(host)
-                return instance
+                with self.placement.claiming(chosen.name) as waited:
+                    if self._claim_on(chosen, instance, waited):
+                        return instance
             except RecordConflict:
                 fresh = find(self.repo, instance.id, Instance)
                 if fresh is None or fresh.version != instance.version - 1:
                     raise  # the instance itself moved on: let drive() reload it
                 instance = fresh  # only the host moved on: another claim won it; try again
         raise NoRoom(f"gave up claiming after {CLAIM_ATTEMPTS} races for the same hosts")
+
+    def _claim_on(self, chosen: Host, instance: Instance, waited: bool) -> bool:
+        """Claim and save on `chosen`, loaded again if this claim `waited` for another of
+        this process there; False if it no longer fits and another host may be chosen
+        (an asked-for host raises NoRoom instead)."""
+        host = (find(self.repo, chosen.id, Host) or chosen) if waited else chosen
+        need = (instance.vcpus, instance.memory_mb, instance.disk_gb)
+        if instance.target_host is None and not host.fits(*need):
+            return False
+        host.claim(str(instance.id), *need, instance.user or SERVICE_USER,
+                   instance.request_id or "")
+        self.failpoints.hit(f"after:{plans.CLAIM}")
+        instance.record_claimed(
+            user=instance.user or SERVICE_USER, request_id=instance.request_id or "",
+            host=host.name,
+        )
+        self.records.save(host, instance)
+        self.placement.saw(host)
+        return True
 
     def setup_network(self, instance: Instance) -> Instance:
         host = instance.claim_host

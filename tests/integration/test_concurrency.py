@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from application.placement import HostRanking
 from application.step_recording import StepRecorder
 from domain.host import Host, host_id_for
 from domain.process_manager import ProcessManager, Settings
-from domain.service import new_request_id
+from domain.service import RecordConflict, new_request_id
 from tests.conftest import node_xml
 
 SHELF = str(Path(sys.executable).parent / "shelf")
@@ -193,4 +194,41 @@ def test_claims_in_flight_in_one_serve_go_to_different_hosts(
         name="vm9", host=None, vcpus=1, memory_mb=1024, disk_gb=1, image_id=None,
         volume_backed=False, user="t", request_id=new_request_id()))
     assert again.name == "h4"  # 7168 MB free on each (counted twice, h4 had 6144)
+    ctx.close()
+
+
+class CountingConflicts(EventStoreRepository):
+    """The real store, counting the saves it refused for a version conflict."""
+
+    conflicts = 0
+
+    def save(self, *aggregates: Any) -> None:
+        try:
+            super().save(*aggregates)
+        except RecordConflict:
+            self.conflicts += 1
+            raise
+
+
+def test_claims_on_one_host_in_one_serve_wait_for_each_other(
+    store_url: str, tmp_path: Path
+) -> None:
+    """Eight drive threads of one serve booting onto one host (a `serve --host` owns one
+    host, and every boot asks for it): each claim waits for the one before it instead of
+    racing it, so none is refused at save (without the wait: 88 refused saves here, and
+    boots failed with 'gave up claiming after 10 races for the same hosts')."""
+    ctx = Context(store_url, tmp_path / "data")
+    node = node_xml(tmp_path / "h1.xml")
+    ctx.service.add_host("h1", f"test://{node}", 64, 65536, 1000, "t", new_request_id())
+    repo = CountingConflicts(ctx.app, ctx.store)
+    pm = ProcessManager(repo, ctx.hosts, ctx.images, ctx.volumes, StepRecorder(repo),
+                        HostRanking(repo), Settings(shutdown_timeout=0))
+    vms = [ctx.service.boot(name=f"vm{n}", host="h1", vcpus=1, memory_mb=512, disk_gb=1,
+                            image_id=None, volume_backed=False, user="t",
+                            request_id=new_request_id()) for n in range(24)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda vm: pm.drive(vm.id), vms))
+    assert repo.conflicts == 0
+    assert {ctx.repo.get(vm.id).vm_state for vm in vms} == {"active"}
+    assert len(ctx.repo.get(host_id_for("h1")).claims) == 24
     ctx.close()

@@ -259,7 +259,7 @@ def standalone_qcow2(path: Path) -> bool:
                 and "data-file" not in specific)
 
 
-def flatten(source: Path, dest: Path, source_format: str = "qcow2") -> None:
+def flatten(source: Path, dest: Path) -> None:
     """dest becomes a flattened qcow2 copy of the disk at source (`qemu-img convert`,
     which skips zeroes: sparse stays sparse), read and written with O_DIRECT where both
     filesystems take it (`DIRECT_IO`), as Nova's `convert_image` writes with `-t none`."""
@@ -267,8 +267,7 @@ def flatten(source: Path, dest: Path, source_format: str = "qcow2") -> None:
     os.close(_create_new(dest))  # qemu-img keeps an existing file's mode: 0600 from birth
     cache = DIRECT_IO if _takes_direct_io(source) and _takes_direct_io(dest) else ()
     done = subprocess.run(
-        ["qemu-img", "convert", *cache, "-f", source_format, "-O", "qcow2", str(source),
-         str(dest)],
+        ["qemu-img", "convert", *cache, "-f", "qcow2", "-O", "qcow2", str(source), str(dest)],
         capture_output=True, text=True, check=False)
     if done.returncode != 0:
         dest.unlink(missing_ok=True)

@@ -17,7 +17,7 @@ from adapters.disk_files import COPY, detect_strategy
 from adapters.host_connection import UnknownHost
 from adapters.host_driver import LibvirtHost
 from adapters.libvirt_connection import ConnectionBounds
-from adapters.libvirt_storage import disks_pool_for, is_local
+from adapters.libvirt_storage import disks_pool_for
 from adapters.test_driver_host import TestDriverHost
 from domain.ports import HostDriver
 from domain.store_identity import StoreMark
@@ -45,6 +45,14 @@ def open_host(
     if is_test_driver(uri):
         return TestDriverHost(name, uri, data_dir, bounds, mark=mark)
     return LibvirtHost(name, uri, data_dir, bounds, virt_type, mark, storage)
+
+
+def is_local(uri: str) -> bool:
+    """A libvirtd on this machine (`qemu:///…`, `qemu+unix:///…`): its disks directory is
+    the one this process sees under SHELF_DATA_DIR."""
+    scheme, _, rest = uri.partition(":")
+    driver, _, transport = scheme.partition("+")
+    return driver == "qemu" and transport in ("", "unix") and rest.startswith("///")
 
 
 def choose_storage(

@@ -51,14 +51,6 @@ def disks_pool_for(host: str, data_dir: Path, mark: StoreMark | None) -> tuple[P
     return data_dir / "hosts" / host / f"disks-{mark.tag}", f"shelf-disks-{host}-{mark.tag}"
 
 
-def is_local(uri: str) -> bool:
-    """A libvirtd on this machine (`qemu:///…`, `qemu+unix:///…`): its disks directory is
-    the one this process sees under SHELF_DATA_DIR."""
-    scheme, _, rest = uri.partition(":")
-    driver, _, transport = scheme.partition("+")
-    return driver == "qemu" and transport in ("", "unix") and rest.startswith("///")
-
-
 class PoolStorage:
     """The disks of one host, in its dir pool, over the host's connection."""
 
@@ -221,11 +213,8 @@ class PoolStorage:
             else:
                 self._ensure_capacity(volume, capacity)
                 return
-        if is_local(self.host.uri):
-            volume = self._copy_in(image_path, pool, name)
-        else:  # the remote libvirtd copies on its own machine
-            source = self._volume_for_file(image_path, "images")
-            volume = pool.createXMLFrom(volume_xml(name, capacity), source, 0)
+        source = self._volume_for_file(image_path, "images")
+        volume = pool.createXMLFrom(volume_xml(name, capacity), source, 0)
         self._ensure_capacity(volume, capacity)
 
     def _ensure_capacity(self, volume: libvirt.virStorageVol, capacity: int) -> None:
@@ -243,21 +232,6 @@ class PoolStorage:
         os.replace(cloning, self.disks_dir / name)
         self._refresh_waiting(pool)
         log.info("disk cloned from image", host=self.host.name, disk=name)
-        return pool.storageVolLookupByName(name)
-
-    def _copy_in(
-        self, image_path: Path, pool: libvirt.virStoragePool, name: str
-    ) -> libvirt.virStorageVol:
-        """The image copied into the pool by qemu-img itself, with the snapshot's options
-        (`disk_files.flatten`: O_DIRECT both ways), rather than libvirt's createXMLFrom,
-        which copies through the page cache: after an O_DIRECT snapshot that made the
-        unshelve's copy of an 8 GiB disk 4 to 5 s slower on the bench. Under the hidden
-        name of a clone first (`reconcile` removes it after a crash), renamed when whole."""
-        copying = disk_files.cloning_name(self.disks_dir / name)
-        disk_files.flatten(image_path, copying, probe_disk_file(image_path).format)
-        os.replace(copying, self.disks_dir / name)
-        self._refresh_waiting(pool)
-        log.info("disk copied from image", host=self.host.name, disk=name)
         return pool.storageVolLookupByName(name)
 
     def _write_export(self, disk: libvirt.virStorageVol, dest: Path) -> int:

@@ -20,8 +20,7 @@ import pytest
 from adapters import disk_files
 from adapters.disk_files import COPY, LINK, DiskFileError
 from adapters.images import DirectoryImageStore
-from adapters.libvirt_host import choose_storage
-from adapters.libvirt_storage import is_local
+from adapters.libvirt_host import choose_storage, is_local
 
 
 def digest(path: Path) -> str:

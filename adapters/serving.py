@@ -25,6 +25,12 @@ def serving_key(store: StoreURL, host: str | None) -> uuid.UUID:
     return uuid.uuid5(_NAMESPACE, f"serving/{store.pg_schema or ''}/{host or '*'}")
 
 
+def serving_keys(store: StoreURL, host: str) -> tuple[uuid.UUID, uuid.UUID]:
+    """The leases either of which, held, means `host` is served: a serve of every host's,
+    or a serve of that host's (looked at together: one query)."""
+    return serving_key(store, None), serving_key(store, host)
+
+
 def dispatch_key(store: StoreURL) -> uuid.UUID:
     """The lease of the serve that is told of work routed to no host (docs/fleet.md)."""
     return uuid.uuid5(_NAMESPACE, f"dispatch/{store.pg_schema or ''}")
@@ -72,8 +78,7 @@ class ServingLeases:
         host), or another holding that host's lease or the every-host one (one look)."""
         if host in self._hosts or None in self._hosts:
             return True
-        return self._leases.held_elsewhere(serving_key(self._store, None),
-                                           serving_key(self._store, host))
+        return self._leases.held_elsewhere(*serving_keys(self._store, host))
 
     def dispatching(self) -> bool:
         """Whether this serve holds the dispatch lease, taken now if free: one serve at a
@@ -119,8 +124,8 @@ class ServingLook:
         """Those of `hosts` that are served; None when the store can't be asked now."""
         hosts = set(hosts)
         if self._leases is not None:
-            return {host for host in hosts if self._leases.held_elsewhere(
-                serving_key(self._store, None), serving_key(self._store, host))}
+            return {host for host in hosts
+                    if self._leases.held_elsewhere(*serving_keys(self._store, host))}
         import psycopg  # a PostgreSQL store's: a SQLite one never loads it
 
         try:
